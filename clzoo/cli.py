@@ -1,0 +1,37 @@
+"""``clzoo-run``: the Hydra entry point. ``clzoo-run stream=split_mnist method=der budget.mb=2 seed=1``."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .data import DatasetNotFoundError, StreamError
+from .memory import BudgetError
+from .methods import NonFiniteLossError
+
+USER_ERRORS = (DatasetNotFoundError, StreamError, BudgetError, NonFiniteLossError, ValueError, KeyError)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .engine.runner import ResumeError, run
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        results = run(container, run_dir)
+    except USER_ERRORS + (ResumeError,) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"clzoo-run: error: {message}", file=sys.stderr)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            raise
+        sys.exit(2)
+    print(f"results: {run_dir}/results.json")
+    return results["metrics"]["final_acc"]
+
+
+def main() -> None:
+    _hydra_main()

@@ -1,0 +1,64 @@
+"""Batched tensor transforms that run on the run's device: no PIL, no per-sample Python.
+
+:class:`BatchTransform` turns a uint8 batch ``(B, C, H, W)`` into normalised float input, optionally with
+random crop after zero padding and random horizontal flip (the usual CIFAR training augmentation).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def random_crop(x: Tensor, padding: int) -> Tensor:
+    """Per-sample random crop of the original size from the zero-padded batch, by index arithmetic."""
+    b, c, h, w = x.shape
+    padded = nn.functional.pad(x, (padding, padding, padding, padding))
+    off_y = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    off_x = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    rows = (off_y + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
+    picked_rows = padded.gather(2, rows)
+    cols = (off_x + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    return picked_rows.gather(3, cols)
+
+
+def random_hflip(x: Tensor) -> Tensor:
+    """Flip each sample left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class BatchTransform(nn.Module):
+    """uint8 -> float in [0, 1] -> (optional crop / flip) -> (x - mean) / std, all batched."""
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 crop_padding: int = 0, hflip: bool = False):
+        super().__init__()
+        self.crop_padding = int(crop_padding or 0)
+        self.hflip = bool(hflip)
+        self.normalize = mean is not None and std is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def augments(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding)
+        if self.hflip:
+            x = random_hflip(x)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return x
+
+    def without_augmentation(self) -> "BatchTransform":
+        """The same normalisation with no random augmentation (for evaluation)."""
+        mean = self.mean.flatten().tolist() if self.normalize else None
+        std = self.std.flatten().tolist() if self.normalize else None
+        return BatchTransform(mean, std).to(self.mean.device if self.normalize else "cpu")

@@ -1,0 +1,196 @@
+"""Scenarios: cut a :class:`Source` into a :class:`Stream` of :class:`Task` objects.
+
+* ``class_il``  - classes split into disjoint tasks; no task id at test time.
+* ``task_il``   - the same split; the task id is given at test time.
+* ``domain_il`` - every task holds all classes, each task under its own input transform
+  (``permute``: a fixed pixel permutation; ``rotate``: a fixed rotation angle).
+
+Labels are remapped so that the classes of task ``t`` are a contiguous block in class order; the original
+dataset labels are kept in ``Stream.class_order``. Images stay uint8 throughout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .sources import Source, load_source
+
+SCENARIOS = ("class_il", "task_il", "domain_il")
+
+
+class StreamError(ValueError):
+    """A stream definition that cannot be built (impossible split, unknown scenario, ...)."""
+
+
+@dataclass
+class Task:
+    """One step of the stream: its classes (remapped labels) and its train / test data."""
+
+    id: int
+    classes: list[int]
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+
+@dataclass
+class Stream:
+    """A sequence of tasks plus what a method needs to know about it up front."""
+
+    name: str
+    scenario: str
+    tasks: list[Task]
+    n_classes: int
+    input_shape: tuple[int, ...]
+    class_order: list[int]
+    class_names: list[str]
+    online: bool = False
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    def classes_seen(self, task_id: int) -> int:
+        """Number of (remapped) classes seen after training task ``task_id``."""
+        return max(c for t in self.tasks[: task_id + 1] for c in t.classes) + 1
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+def _task_class_counts(n_classes: int, n_tasks: int | None, classes_per_task: int | None,
+                       first_task_classes: int | None) -> list[int]:
+    first = first_task_classes or 0
+    rest = n_classes - first
+    if rest < 0:
+        raise StreamError(f"first_task_classes={first} exceeds the dataset's {n_classes} classes")
+    if classes_per_task is None:
+        if n_tasks is None:
+            raise StreamError("set stream.n_tasks or stream.classes_per_task")
+        splits = n_tasks - (1 if first else 0)
+        if splits <= 0 or rest % splits:
+            valid = [d for d in range(1, n_classes + 1) if n_classes % d == 0] if not first else []
+            hint = f"choose n_tasks in {valid}" if valid else "change n_tasks or first_task_classes"
+            raise StreamError(
+                f"cannot split {rest} classes into {splits} equal tasks (n_tasks={n_tasks}, "
+                f"first_task_classes={first_task_classes}); {hint}, or set classes_per_task")
+        classes_per_task = rest // splits
+    if classes_per_task <= 0 or rest % classes_per_task:
+        raise StreamError(f"cannot split {rest} classes into tasks of {classes_per_task} classes; "
+                          f"classes_per_task must divide {rest}")
+    counts = ([first] if first else []) + [classes_per_task] * (rest // classes_per_task)
+    if n_tasks is not None and len(counts) != n_tasks:
+        raise StreamError(f"n_tasks={n_tasks} disagrees with classes_per_task={classes_per_task} "
+                          f"({len(counts)} tasks from {n_classes} classes); set only one of them")
+    return counts
+
+
+def _subsample(y: Tensor, n: int | None, gen: torch.Generator) -> Tensor:
+    """Indices of a seeded random subset of size ``n`` (all, in order, when n is None or too large)."""
+    if n is None or n >= len(y):
+        return torch.arange(len(y))
+    return torch.randperm(len(y), generator=gen)[:n].sort().values
+
+
+def _rotate(x: Tensor, degrees: float) -> Tensor:
+    from torchvision.transforms.functional import rotate
+
+    return rotate(x, degrees)
+
+
+def build_stream(
+    dataset: str = "digits",
+    scenario: str = "class_il",
+    n_tasks: int | None = 5,
+    classes_per_task: int | None = None,
+    first_task_classes: int | None = None,
+    class_order: list[int] | None = None,
+    class_order_seed: int | None = None,
+    domain_transform: str | None = None,
+    train_per_task: int | None = None,
+    test_per_task: int | None = None,
+    online: bool = False,
+    name: str | None = None,
+    root=None,
+    download: bool = False,
+    path=None,
+    source: Source | None = None,
+    **_ignored,
+) -> Stream:
+    """Build a stream. ``source`` may be given directly (tests); otherwise ``dataset`` is loaded from ``root``.
+
+    ``class_order`` fixes the order of classes; ``class_order_seed`` shuffles it reproducibly (its own seed,
+    independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task.
+    """
+    if scenario not in SCENARIOS:
+        raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
+    src = source or load_source(dataset, root, download, path)
+    gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
+    n_classes = src.n_classes
+
+    if scenario == "domain_il":
+        if domain_transform not in ("permute", "rotate"):
+            raise StreamError("scenario=domain_il needs stream.domain_transform=permute or rotate")
+        if not n_tasks or n_tasks < 1:
+            raise StreamError("scenario=domain_il needs stream.n_tasks >= 1")
+        tasks = []
+        n_pixels = src.x_train[0].numel()
+        for t in range(n_tasks):
+            idx_tr = _subsample(src.y_train, train_per_task, gen)
+            idx_te = _subsample(src.y_test, test_per_task, gen)
+            xtr, xte = src.x_train[idx_tr], src.x_test[idx_te]
+            if domain_transform == "permute":
+                perm = torch.randperm(n_pixels, generator=gen)
+                xtr = xtr.flatten(1)[:, perm].view_as(xtr)
+                xte = xte.flatten(1)[:, perm].view_as(xte)
+            else:
+                angle = float(torch.rand((), generator=gen)) * 180.0
+                xtr, xte = _rotate(xtr, angle), _rotate(xte, angle)
+            tasks.append(Task(t, list(range(n_classes)), xtr.contiguous(), src.y_train[idx_tr],
+                              xte.contiguous(), src.y_test[idx_te]))
+        order = list(range(n_classes))
+    else:
+        if class_order is not None:
+            order = [int(c) for c in class_order]
+            if sorted(order) != list(range(n_classes)):
+                raise StreamError(f"class_order must be a permutation of 0..{n_classes - 1}; got {order}")
+        elif class_order_seed is not None:
+            order = torch.randperm(n_classes, generator=gen).tolist()
+        else:
+            order = list(range(n_classes))
+        counts = _task_class_counts(n_classes, n_tasks, classes_per_task, first_task_classes)
+        remap = torch.empty(n_classes, dtype=torch.long)
+        remap[torch.tensor(order)] = torch.arange(n_classes)
+        ytr_all, yte_all = remap[src.y_train], remap[src.y_test]
+        tasks, start = [], 0
+        for t, count in enumerate(counts):
+            cls = list(range(start, start + count))
+            start += count
+            in_tr = ((ytr_all >= cls[0]) & (ytr_all <= cls[-1])).nonzero().squeeze(1)
+            in_te = ((yte_all >= cls[0]) & (yte_all <= cls[-1])).nonzero().squeeze(1)
+            in_tr = in_tr[_subsample(in_tr, train_per_task, gen)]
+            in_te = in_te[_subsample(in_te, test_per_task, gen)]
+            tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))
+
+    return Stream(
+        name=name or f"{src.name}-{scenario}-{len(tasks)}",
+        scenario=scenario,
+        tasks=tasks,
+        n_classes=n_classes,
+        input_shape=src.input_shape,
+        class_order=order,
+        class_names=[src.class_names[c] for c in order],
+        online=online,
+        info={"dataset": src.name, "class_order_seed": class_order_seed, "domain_transform": domain_transform},
+    )

@@ -1,0 +1,165 @@
+"""ReplayBuffer: exemplars stored as the dataset gives them (uint8 for images), preallocated at capacity.
+
+All of its state is registered as buffers, so it is in the owner's ``state_dict`` (checkpointed, resumed and
+counted by the ledger). Insertion is vectorised: no Python loop over the batch for reservoir sampling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+SELECTIONS = ("reservoir", "class_balanced", "herding")
+
+
+def label_dtype(n_classes: int) -> torch.dtype:
+    """The smallest signed integer dtype that holds every label (labels are stored, so they are paid for)."""
+    return torch.int16 if n_classes < 2**15 else torch.int32
+
+
+@dataclass
+class ReplayBatch:
+    """A batch drawn from the buffer: raw inputs (stored dtype), int64 labels, task ids, optional logits."""
+
+    x: Tensor
+    y: Tensor
+    task: Tensor
+    logits: Tensor | None
+    index: Tensor
+
+
+class ReplayBuffer(nn.Module):
+    """A fixed-capacity exemplar memory.
+
+    ``selection``: ``reservoir`` (Vitter's algorithm R: every sample of the stream is kept with equal
+    probability), ``class_balanced`` (greedy: a new sample evicts one of the largest class, as GDumb), or
+    ``herding`` (filled by the owner at task end with :meth:`set_contents`, as iCaRL).
+    """
+
+    memory_categories = {"x": "exemplars", "y": "exemplar_extras", "task": "exemplar_extras",
+                         "logits": "exemplar_extras", "n_seen": "exemplar_extras", "n_filled": "exemplar_extras"}
+
+    def __init__(self, capacity: int, sample_shape: Sequence[int], n_classes: int, store_logits: bool = False,
+                 x_dtype: torch.dtype = torch.uint8, selection: str = "reservoir"):
+        super().__init__()
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown buffer selection '{selection}'; choose one of {', '.join(SELECTIONS)}")
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self.capacity, self.selection, self.n_classes = int(capacity), selection, int(n_classes)
+        self.register_buffer("x", torch.zeros((self.capacity, *sample_shape), dtype=x_dtype))
+        self.register_buffer("y", torch.zeros(self.capacity, dtype=label_dtype(n_classes)))
+        self.register_buffer("task", torch.zeros(self.capacity, dtype=torch.int16))
+        self.register_buffer("logits", torch.zeros(self.capacity, n_classes) if store_logits else None)
+        self.register_buffer("n_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
+
+    @staticmethod
+    def bytes_per_sample(sample_shape: Sequence[int], n_classes: int, store_logits: bool = False,
+                         x_dtype: torch.dtype = torch.uint8) -> int:
+        """Bytes one stored sample costs: input + label + task id (+ float32 logits)."""
+        x_bytes = math.prod(sample_shape) * torch.empty((), dtype=x_dtype).element_size()
+        extra = torch.empty((), dtype=label_dtype(n_classes)).element_size() + 2
+        return x_bytes + extra + (4 * n_classes if store_logits else 0)
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return int(self.n_filled)
+
+    @property
+    def is_empty(self) -> bool:
+        return int(self.n_filled) == 0
+
+    def sample(self, n: int, exclude_task: int | None = None) -> ReplayBatch:
+        """``n`` distinct stored samples drawn uniformly (fewer if the buffer holds fewer)."""
+        filled = int(self.n_filled)
+        if exclude_task is not None:
+            pool = (self.task[:filled] != exclude_task).nonzero().squeeze(1)
+            index = pool[torch.randperm(len(pool), device=pool.device)[:n]]
+        else:
+            index = torch.randperm(filled, device=self.x.device)[: min(n, filled)]
+        return self.get(index)
+
+    def get(self, index: Tensor) -> ReplayBatch:
+        logits = self.logits[index] if self.logits is not None else None
+        return ReplayBatch(self.x[index], self.y[index].long(), self.task[index].long(), logits, index)
+
+    def all(self) -> ReplayBatch:
+        return self.get(torch.arange(int(self.n_filled), device=self.x.device))
+
+    def class_counts(self) -> Tensor:
+        return torch.bincount(self.y[: int(self.n_filled)].long(), minlength=self.n_classes)
+
+    # ------------------------------------------------------------------ writing
+    def add(self, x: Tensor, y: Tensor, task: int | Tensor = 0, logits: Tensor | None = None) -> Tensor:
+        """Offer a batch to the buffer; returns the slot of each sample (-1 when not stored)."""
+        if self.selection == "class_balanced":
+            return self._add_class_balanced(x, y, task, logits)
+        if self.selection == "herding":
+            raise RuntimeError("a herding buffer is filled with set_contents() at the end of a task, not add()")
+        return self._add_reservoir(x, y, task, logits)
+
+    def _write(self, slots: Tensor, rows: Tensor, x, y, task, logits) -> None:
+        self.x[slots] = x[rows].to(self.x.dtype)
+        self.y[slots] = y[rows].to(self.y.dtype)
+        task_t = task[rows] if isinstance(task, Tensor) else torch.full_like(slots, int(task))
+        self.task[slots] = task_t.to(self.task.dtype)
+        if self.logits is not None and logits is not None:
+            self.logits[slots] = logits[rows].detach().to(self.logits.dtype)
+
+    def _add_reservoir(self, x, y, task, logits) -> Tensor:
+        b, device = len(y), self.x.device
+        seen = int(self.n_seen)
+        positions = seen + torch.arange(b, device=device)
+        # algorithm R: the i-th sample of the stream goes to slot i while there is room, else to a slot drawn
+        # uniformly from 0..i, kept only if that slot exists
+        draws = (torch.rand(b, device=device) * (positions + 1)).long()
+        slots = torch.where(positions < self.capacity, positions, draws)
+        slots = torch.where(slots < self.capacity, slots, torch.full_like(slots, -1))
+        rows = (slots >= 0).nonzero().squeeze(1)
+        if len(rows):
+            # two samples of one batch drawing the same slot: the later one wins, as in sequential insertion
+            winner = torch.full((self.capacity,), -1, dtype=torch.long, device=device)
+            winner.scatter_reduce_(0, slots[rows], rows, reduce="amax")
+            rows = rows[winner[slots[rows]] == rows]
+            self._write(slots[rows], rows, x, y, task, logits)
+        self.n_seen += b
+        self.n_filled.fill_(min(self.capacity, seen + b))
+        return slots
+
+    def _add_class_balanced(self, x, y, task, logits) -> Tensor:
+        slots = torch.full((len(y),), -1, dtype=torch.long, device=self.x.device)
+        counts = self.class_counts()
+        for i in range(len(y)):  # greedy and order-dependent by definition; batches are small
+            label = int(y[i])
+            filled = int(self.n_filled)
+            n_seen_classes = max(int((counts > 0).sum()) + int(counts[label] == 0), 1)
+            if filled < self.capacity:
+                slot = filled
+                self.n_filled += 1
+            elif counts[label] < self.capacity // n_seen_classes:
+                largest = int(counts.argmax())
+                candidates = (self.y[:filled].long() == largest).nonzero().squeeze(1)
+                slot = int(candidates[torch.randint(len(candidates), (1,))])
+                counts[largest] -= 1
+            else:
+                continue
+            counts[label] += 1
+            slots[i] = slot
+            self._write(torch.tensor([slot], device=self.x.device), torch.tensor([i], device=self.x.device),
+                        x, y, task, logits)
+        self.n_seen += len(y)
+        return slots
+
+    def set_contents(self, x: Tensor, y: Tensor, task: Tensor, logits: Tensor | None = None) -> None:
+        """Replace the whole content (herding and other selections computed by the owner)."""
+        n = len(y)
+        if n > self.capacity:
+            raise ValueError(f"set_contents got {n} samples for a buffer of capacity {self.capacity}")
+        rows = torch.arange(n, device=self.x.device)
+        self._write(rows, rows, x.to(self.x.device), y.to(self.x.device), task.to(self.x.device),
+                    None if logits is None else logits.to(self.x.device))
+        self.n_filled.fill_(n)

@@ -1,0 +1,197 @@
+"""The method contract.
+
+A method is an ``nn.Module`` that owns the model and every piece of state it keeps across tasks::
+
+    @register_method("mine")
+    class Mine(Method):
+        def __init__(self, model, ctx, alpha: float = 0.5): ...
+        def begin_task(self, task): ...                 # optional
+        def observe(self, x, y, task_id) -> Tensor: ... # one training step on one incoming batch
+        def end_task(self, task): ...                   # optional
+        def forward(self, x, task_id=None): ...         # logits for evaluation
+
+``observe`` receives the batch *as stored* (uint8 images on the run's device); ``self.augment(x)`` turns it
+into network input. ``forward`` receives evaluation input (already normalised). Everything kept between tasks
+must be in ``state_dict()`` (parameters, buffers, sub-modules): that is what the ledger counts, what the
+budget caps and what a checkpoint restores.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..data.augment import BatchTransform
+from ..memory.buffer import ReplayBuffer
+from ..memory.ledger import MB, Budget, BudgetError, measure, tag_memory
+
+
+@dataclass
+class StreamInfo:
+    """What a method may know about the stream before it starts."""
+
+    n_tasks: int
+    n_classes: int
+    input_shape: tuple[int, ...]
+    task_classes: list[list[int]]
+    scenario: str = "class_il"
+    online: bool = False
+
+    def classes_seen(self, task_id: int) -> int:
+        return max(c for cls in self.task_classes[: task_id + 1] for c in cls) + 1
+
+    @classmethod
+    def from_stream(cls, stream) -> "StreamInfo":
+        return cls(stream.n_tasks, stream.n_classes, tuple(stream.input_shape), [t.classes for t in stream.tasks],
+                   stream.scenario, stream.online)
+
+
+@dataclass
+class RunContext:
+    """What the engine hands every method: the stream's shape, device, transforms, budget, optimizer settings."""
+
+    stream: StreamInfo
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    train_transform: BatchTransform = field(default_factory=BatchTransform)
+    eval_transform: BatchTransform = field(default_factory=BatchTransform)
+    budget: Budget = field(default_factory=Budget)
+    optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.1})
+    batch_size: int = 10
+    epochs: int = 1
+
+
+def build_optimizer(params, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
+                    weight_decay: float = 0.0, nesterov: bool = False, **_ignored) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw (trainer.optimizer.name)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class Method(nn.Module):
+    """Base class of every continual-learning method (see the module docstring for the contract)."""
+
+    #: set by @register_method
+    method_name: str = ""
+    #: True when ``forward`` needs the task id at test time (a task oracle, e.g. per-task parameters)
+    needs_task_id: bool = False
+
+    def __init__(self, model: nn.Module, ctx: RunContext):
+        super().__init__()
+        self.model = model
+        self.ctx = ctx
+        self.opt: torch.optim.Optimizer | None = None
+        self.current_task = -1
+
+    # ------------------------------------------------------------------ the contract
+    def begin_task(self, task) -> None:
+        """Called before training on ``task``; the optimizer has just been rebuilt."""
+
+    def observe(self, x: Tensor, y: Tensor, task_id: int) -> Tensor:
+        """One training step on the incoming batch ``x`` (as stored), ``y``; returns the loss."""
+        raise NotImplementedError
+
+    def end_task(self, task) -> None:
+        """Called after the last training step on ``task``."""
+
+    def forward(self, x: Tensor, task_id: int | None = None) -> Tensor:
+        """Logits over all classes of the stream for evaluation input ``x``."""
+        return self.model(x)
+
+    # ------------------------------------------------------------------ engine hooks with defaults
+    def training_data(self, task) -> tuple[Tensor, Tensor]:
+        """The (inputs, labels) the engine feeds to :meth:`observe` while training ``task``."""
+        return task.x_train, task.y_train
+
+    def trainable_parameters(self):
+        return self.model.parameters()
+
+    def reset_optimizer(self) -> None:
+        self.opt = build_optimizer(self.trainable_parameters(), **self.ctx.optimizer)
+
+    def start_task(self, task) -> None:
+        """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
+        self.current_task = task.id
+        self.reset_optimizer()
+        self.begin_task(task)
+
+    # ------------------------------------------------------------------ helpers for method authors
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    def augment(self, x: Tensor) -> Tensor:
+        """Stored inputs -> training network input (normalised, randomly augmented if the stream says so)."""
+        return self.ctx.train_transform(x)
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """Stored inputs -> evaluation network input (normalised, no augmentation)."""
+        return self.ctx.eval_transform(x)
+
+    def seen_classes(self, task_id: int | None = None) -> int:
+        """Number of classes seen up to (and including) ``task_id`` (default: the current task)."""
+        t = self.current_task if task_id is None else task_id
+        return self.ctx.stream.classes_seen(max(t, 0))
+
+    def step(self, loss: Tensor) -> Tensor:
+        """zero_grad -> backward -> optimizer step; returns the detached loss."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def frozen_copy(self, module: nn.Module | None = None, category: str = "teachers") -> nn.Module:
+        """A frozen deep copy (e.g. the old model of LwF / iCaRL); tagged so the ledger counts it."""
+        teacher = copy.deepcopy(module if module is not None else self.model)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return tag_memory(teacher.eval(), category)
+
+    def make_buffer(self, buffer: dict | int | str | None, store_logits: bool = False,
+                    selection: str | None = None, reserved_bytes: int = 0) -> ReplayBuffer:
+        """Build the method's :class:`ReplayBuffer` from ``buffer`` = {capacity, selection} or a capacity.
+
+        ``capacity: auto`` takes what the budget leaves after everything the method already holds (and
+        ``reserved_bytes`` it will add later), so methods are compared at equal memory. Call it last in
+        ``__init__``.
+        """
+        cfg = dict(buffer) if isinstance(buffer, dict) else {"capacity": buffer}
+        capacity = cfg.get("capacity", "auto")
+        selection = cfg.get("selection") or selection or "reservoir"
+        info = self.ctx.stream
+        per_sample = ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
+        if capacity in (None, "auto"):
+            budget = self.ctx.budget
+            if budget.bytes is None:
+                raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
+                                  f"or a fixed method.buffer.capacity=N")
+            held = measure(self, count_model=budget.count_model).budgeted_bytes + int(reserved_bytes)
+            capacity = (budget.bytes - held) // per_sample
+            if capacity < 1:
+                raise BudgetError(
+                    f"budget.mb={budget.mb} ({budget.bytes:,} bytes) is too small for {self.method_name or type(self).__name__}: "
+                    f"it already keeps {held:,} counted bytes ({held / MB:.3f} MB, count_model={budget.count_model}) "
+                    f"and one exemplar costs {per_sample:,} bytes; raise budget.mb to at least "
+                    f"{(held + per_sample) / MB:.4f} or set budget.count_model=false")
+        return ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
+                            selection=selection).to(self.device)
+
+
+def check_finite(loss: Tensor | float, task_id: int, step: int) -> float:
+    value = float(loss)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise NonFiniteLossError(
+            f"loss became {value} at task {task_id}, step {step}; lower trainer.optimizer.lr or check the method's "
+            f"hyper-parameters (completed tasks are saved in checkpoints/)")
+    return value
+

@@ -1,0 +1,1 @@
+"""Baselines: the lower (finetune) and upper (joint) bounds."""

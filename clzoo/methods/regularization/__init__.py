@@ -1,0 +1,1 @@
+"""Regularization methods: penalties on parameters or outputs, no exemplars."""

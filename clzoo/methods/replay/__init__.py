@@ -1,0 +1,1 @@
+"""Replay methods: a buffer of past exemplars (and possibly their logits)."""

@@ -1,0 +1,31 @@
+"""ER: Experience Replay with a reservoir buffer.
+
+Chaudhry et al., "On Tiny Episodic Memories in Continual Learning", 2019 (as in Buzzega et al., DER, NeurIPS
+2020). Each step trains on the incoming batch concatenated with a batch drawn from the buffer, then offers
+the incoming (non-augmented) samples to the reservoir.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..base import Method
+from ..registry import register_method
+
+
+@register_method("er")
+class ER(Method):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, minibatch_size: int = 10):
+        super().__init__(model, ctx)
+        self.minibatch_size = minibatch_size
+        self.buffer = self.make_buffer(buffer)
+
+    def observe(self, x, y, task_id):
+        inputs, labels = self.augment(x), y
+        if not self.buffer.is_empty:
+            replay = self.buffer.sample(self.minibatch_size)
+            inputs = torch.cat([inputs, self.augment(replay.x)])
+            labels = torch.cat([labels, replay.y])
+        loss = self.step(F.cross_entropy(self.model(inputs), labels))
+        self.buffer.add(x, y, task_id)
+        return loss

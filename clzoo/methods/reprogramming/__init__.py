@@ -1,0 +1,1 @@
+"""Reprogramming: a frozen backbone with small per-task parameters."""

@@ -1,0 +1,118 @@
+"""Backbones: feature extractors with an ``out_features`` attribute. The classifier head lives in
+:class:`clzoo.models.ContinualModel`, so every backbone serves class-, task- and domain-IL alike."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network on flattened input (the DER paper's MNIST net is ``hidden_sizes=[100, 100]``)."""
+
+    def __init__(self, input_shape: Sequence[int], hidden_sizes: Sequence[int] = (100, 100)):
+        super().__init__()
+        layers, width = [nn.Flatten()], math.prod(input_shape)
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.net = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "conv"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            if shortcut == "conv":
+                self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            else:  # option A of He et al. (CIFAR ResNets): subsample and zero-pad channels, no parameters
+                self.shortcut = _PadShortcut(planes - in_planes, stride)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _PadShortcut(nn.Module):
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.extra, self.stride = extra_channels, stride
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class ResNet(nn.Module):
+    """ResNet for small images: 3x3 stem, no max-pool, global average pooling."""
+
+    def __init__(self, input_shape: Sequence[int], widths: Sequence[int], blocks: Sequence[int], shortcut: str):
+        super().__init__()
+        in_ch = input_shape[0]
+        self.conv1 = nn.Conv2d(in_ch, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, planes = [], widths[0]
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for b in range(n):
+                layers.append(BasicBlock(planes, width, stride if b == 0 else 1, shortcut))
+                planes = width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.out_features = planes
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.stages(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+def reduced_resnet18(input_shape: Sequence[int], nf: int = 20) -> ResNet:
+    """Reduced ResNet-18 of GEM (Lopez-Paz & Ranzato, 2017) with ``nf`` base filters (GEM: 20; DER's CIFAR: 64)."""
+    return ResNet(input_shape, [nf, 2 * nf, 4 * nf, 8 * nf], [2, 2, 2, 2], shortcut="conv")
+
+
+def resnet32(input_shape: Sequence[int]) -> ResNet:
+    """CIFAR ResNet-32 (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, 5 blocks per stage, option-A
+    shortcuts; 463,504 parameters without the classifier."""
+    return ResNet(input_shape, [16, 32, 64], [5, 5, 5], shortcut="pad")
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model by name, with its classifier removed (``num_classes=0``)."""
+
+    def __init__(self, input_shape: Sequence[int], name: str, pretrained: bool = False, **kwargs):
+        super().__init__()
+        import timm
+
+        try:
+            self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=input_shape[0], **kwargs)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ValueError(f"timm has no model '{name}'; list them with timm.list_models('*vit*')") from err
+            raise
+        except OSError as err:  # weights not cached and no network
+            raise RuntimeError(
+                f"could not load pretrained weights for timm model '{name}' ({err.__class__.__name__}); with no "
+                f"network, put the weights in the Hugging Face cache (HF_HOME) or set model.pretrained=false"
+            ) from err
+        self.out_features = self.net.num_features
+
+    def forward(self, x):
+        return self.net(x)
