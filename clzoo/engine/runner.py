@@ -181,7 +181,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
 
     method.train()
     try:
-        for task in stream.tasks[start:]:
+        stop = trainer.get("max_tasks") or stream.n_tasks
+        for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
             method.start_task(task)
             train_task(method, task, cfg, device, writer, progress, show_progress)
@@ -221,6 +222,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         if writer is not None:
             writer.close()
 
+    if not progress["R"]:
+        raise ResumeError(f"{run_dir}: nothing left to train (all {stream.n_tasks} tasks are done)")
     results = assemble_results(cfg, stream, method_name, seed, progress, budget)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     if log_cfg.get("plots", True):
@@ -252,5 +255,6 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "metrics": metrics,
         "time": {"train_s": progress["train_s"], "eval_s": progress["eval_s"], "per_task_s": progress["per_task_s"]},
         "memory": memory,
-        "status": "complete",
+        "status": "complete" if len(R) == stream.n_tasks else "partial",
+        "completed_tasks": len(R),
     }

@@ -57,6 +57,9 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("n_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
 
+    #: bytes a buffer costs whatever its capacity (the two int64 counters)
+    FIXED_BYTES = 16
+
     @staticmethod
     def bytes_per_sample(sample_shape: Sequence[int], n_classes: int, store_logits: bool = False,
                          x_dtype: torch.dtype = torch.uint8) -> int:

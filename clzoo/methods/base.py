@@ -175,7 +175,8 @@ class Method(nn.Module):
             if budget.bytes is None:
                 raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
                                   f"or a fixed method.buffer.capacity=N")
-            held = measure(self, count_model=budget.count_model).budgeted_bytes + int(reserved_bytes)
+            held = (measure(self, count_model=budget.count_model).budgeted_bytes + int(reserved_bytes)
+                    + ReplayBuffer.FIXED_BYTES)
             capacity = (budget.bytes - held) // per_sample
             if capacity < 1:
                 raise BudgetError(
