@@ -20,6 +20,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from .engine.runner import ResumeError, run
 
     container = OmegaConf.to_container(cfg, resolve=True)
+    choices = OmegaConf.to_container(HydraConfig.get().runtime.choices)
+    container["_choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         results = run(container, run_dir)

@@ -63,10 +63,14 @@ def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform
 
 @torch.no_grad()
 def evaluate(method, stream, after_task: int | None, device, batch_size: int = 1000) -> tuple[list[float], list[float]]:
-    """Accuracy on every task's test set: class-IL (prediction over the classes seen after ``after_task``;
-    all classes before training) and task-IL (prediction over the task's own classes, task id given)."""
+    """Accuracy on every task's test set: class-IL (prediction over the classes seen after ``after_task``) and
+    task-IL (prediction over the task's own classes, task id given). Before any training (``after_task=None``)
+    no class has been seen, so class-IL accuracy is 0 except in domain-IL, where every task has every class."""
     method.eval()
-    n_seen = stream.n_classes if after_task is None else stream.classes_seen(after_task)
+    if after_task is None:
+        n_seen = stream.n_classes if stream.scenario == "domain_il" else 0
+    else:
+        n_seen = stream.classes_seen(after_task)
     oracle = method.needs_task_id or stream.scenario == "task_il"
     acc_cil, acc_til = [], []
     for task in stream.tasks:
@@ -77,7 +81,8 @@ def evaluate(method, stream, after_task: int | None, device, batch_size: int = 1
             y = y_all[i:i + batch_size].to(device, non_blocking=True)
             logits = method(x, task_id=None)  # task-agnostic
             logits_til = method(x, task_id=task.id) if oracle else logits
-            correct_cil += (mask_logits(logits, n_seen).argmax(1) == y).sum().item()
+            if n_seen:
+                correct_cil += (mask_logits(logits, n_seen).argmax(1) == y).sum().item()
             correct_til += (mask_logits(logits_til, task.classes).argmax(1) == y).sum().item()
         acc_cil.append(correct_cil / max(len(y_all), 1))
         acc_til.append(correct_til / max(len(y_all), 1))
@@ -149,7 +154,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
-    method_name = method.method_name or type(method).__name__.lower()
+    # the config group option chosen (clzoo-run method=NAME), else the registered name
+    method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
     ledger0 = measure(method, budget.count_model, budget.bytes)
     budget.check(ledger0, "before training")
 

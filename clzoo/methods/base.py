@@ -155,6 +155,9 @@ class Method(nn.Module):
         teacher = copy.deepcopy(module if module is not None else self.model)
         for p in teacher.parameters():
             p.requires_grad_(False)
+        for sub in teacher.modules():  # the copy's own tags (backbone, heads) would hide it from the budget
+            sub.__dict__.pop("memory_category", None)
+            sub.__dict__.pop("memory_categories", None)
         return tag_memory(teacher.eval(), category)
 
     def make_buffer(self, buffer: dict | int | str | None, store_logits: bool = False,
