@@ -6,6 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .config import register_resolvers
 from .data import DatasetNotFoundError, StreamError
 from .memory import BudgetError
 from .methods import NonFiniteLossError
@@ -36,4 +37,5 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    register_resolvers()
     _hydra_main()

@@ -6,6 +6,23 @@ from typing import Sequence
 from omegaconf import OmegaConf, open_dict
 
 
+def buffer_capacity(budget_mb, default):
+    """``${clzoo.buffer_capacity:${budget.mb},500}``: ``auto`` when a budget is set, else the default capacity.
+
+    So ``clzoo-run method=er budget.mb=0.5`` sizes ER's buffer from the budget, and ``clzoo-run method=er``
+    keeps 500 samples; ``method.buffer.capacity=N`` always wins.
+    """
+    return "auto" if budget_mb is not None else default
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("clzoo.buffer_capacity"):
+        OmegaConf.register_new_resolver("clzoo.buffer_capacity", buffer_capacity)
+
+
+register_resolvers()
+
+
 def compose(overrides: Sequence[str] = ()) -> dict:
     """The resolved configuration ``clzoo-run OVERRIDES...`` would use, as a plain dict (without ``hydra``)."""
     from hydra import compose as hydra_compose, initialize_config_module

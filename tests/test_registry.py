@@ -21,7 +21,10 @@ KIT_ARGS = {
 
 
 def _buffer_capacity(value):
-    return value.get("capacity") if isinstance(value, dict) else value
+    value = value.get("capacity") if isinstance(value, dict) else value
+    if isinstance(value, str) and value.startswith("${clzoo.buffer_capacity:"):  # auto under a budget, else N
+        value = int(value.rstrip("}").rsplit(",", 1)[1])
+    return value
 
 
 def test_every_config_names_a_registered_class_and_every_builtin_has_a_config():

@@ -92,7 +92,7 @@ def _task_class_counts(n_classes: int, n_tasks: int | None, classes_per_task: in
     counts = ([first] if first else []) + [classes_per_task] * (rest // classes_per_task)
     if n_tasks is not None and len(counts) != n_tasks:
         raise StreamError(f"n_tasks={n_tasks} disagrees with classes_per_task={classes_per_task} "
-                          f"({len(counts)} tasks from {n_classes} classes); set only one of them")
+                          f"({len(counts)} tasks from {n_classes} classes); set only one of them, e.g. stream.n_tasks=null")
     return counts
 
 

@@ -49,18 +49,27 @@ def _cached(root: Path, key: str, build) -> Source:
     if cache.exists():
         return Source(**torch.load(cache, weights_only=True))
     src = build()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(src.__dict__, tmp)
-    os.replace(tmp, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")  # concurrent runs never share a temp file
+        torch.save(src.__dict__, tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only data root: the cache only saves time, the data is already decoded
+        pass
     return src
 
 
 def load_digits(root: Path, download: bool = False, test_fraction: float = 0.2, split_seed: int = 0) -> Source:
     """scikit-learn's bundled 8x8 digits (1,797 images), split train/test with a fixed stratified seed.
 
-    Pixel values 0..16 are rescaled to 0..255 so every source speaks uint8.
+    Pixel values 0..16 are rescaled to 0..255 so every source speaks uint8. Cached like the other sources
+    (importing scikit-learn costs seconds per process; the cached tensors load in milliseconds).
     """
+    return _cached(Path(root), f"digits-{test_fraction}-{split_seed}",
+                   lambda: _decode_digits(test_fraction, split_seed))
+
+
+def _decode_digits(test_fraction: float, split_seed: int) -> Source:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 

@@ -103,7 +103,8 @@ def summary(results: dict) -> str:
         lines.append(f"{label:<22}{_fmt(m.get(key)):>10}{_fmt(m.get(key + '_task_il')):>10}")
     mem = results["memory"]
     lines.append(f"memory kept: {mem['total_bytes']:,} bytes ({mem['total_bytes'] / 2**20:.3f} MB)"
-                 + (f", budget {mem['budget_bytes']:,} bytes" if mem.get("budget_bytes") else "")
+                 + (f"; counted against the budget: {mem['budgeted_bytes']:,} of {mem['budget_bytes']:,} bytes"
+                    f"{'' if mem['count_model'] else ' (model not counted)'}" if mem.get("budget_bytes") else "")
                  + "  [" + ", ".join(f"{k} {v:,}" for k, v in mem["by_category"].items() if v) + "]")
     t = results["time"]
     lines.append(f"time: train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s")

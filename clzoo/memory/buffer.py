@@ -134,28 +134,48 @@ class ReplayBuffer(nn.Module):
         return slots
 
     def _add_class_balanced(self, x, y, task, logits) -> Tensor:
-        slots = torch.full((len(y),), -1, dtype=torch.long, device=self.x.device)
-        counts = self.class_counts()
-        for i in range(len(y)):  # greedy and order-dependent by definition; batches are small
-            label = int(y[i])
-            filled = int(self.n_filled)
-            n_seen_classes = max(int((counts > 0).sum()) + int(counts[label] == 0), 1)
+        """GDumb's greedy class-balanced sampler (Prabhu et al., ECCV 2020), sample by sample in stream order:
+        store while there is room; when full, a sample whose class holds fewer than ``capacity / n`` slots
+        (``n`` = classes in the buffer, counting this one) evicts a random sample of the largest class;
+        otherwise it is dropped. The decisions run on host copies of the counts (one device read per batch);
+        the accepted samples are then written in one vectorised copy (a slot taken twice in one batch keeps
+        the later sample, as sequential insertion would)."""
+        b, device = len(y), self.x.device
+        labels = y.tolist()
+        counts = self.class_counts().tolist()
+        n_present = sum(c > 0 for c in counts)
+        filled = int(self.n_filled)
+        # host copy of the stored labels, needed only to pick eviction victims
+        stored = self.y.cpu().long() if filled + b > self.capacity else None
+        slots = [-1] * b
+        for i, label in enumerate(labels):  # greedy and order-dependent by definition
+            n_classes = n_present + (counts[label] == 0)
             if filled < self.capacity:
                 slot = filled
-                self.n_filled += 1
-            elif counts[label] < self.capacity // n_seen_classes:
-                largest = int(counts.argmax())
-                candidates = (self.y[:filled].long() == largest).nonzero().squeeze(1)
+                filled += 1
+            elif counts[label] * n_classes < self.capacity:
+                largest = max(range(len(counts)), key=counts.__getitem__)
+                candidates = (stored[:filled] == largest).nonzero().squeeze(1)
                 slot = int(candidates[torch.randint(len(candidates), (1,))])
                 counts[largest] -= 1
+                n_present -= counts[largest] == 0
             else:
                 continue
+            n_present += counts[label] == 0
             counts[label] += 1
             slots[i] = slot
-            self._write(torch.tensor([slot], device=self.x.device), torch.tensor([i], device=self.x.device),
-                        x, y, task, logits)
-        self.n_seen += len(y)
-        return slots
+            if stored is not None:
+                stored[slot] = label
+        slots_t = torch.tensor(slots, dtype=torch.long, device=device)
+        rows = (slots_t >= 0).nonzero().squeeze(1)
+        if len(rows):
+            winner = torch.full((self.capacity,), -1, dtype=torch.long, device=device)
+            winner.scatter_reduce_(0, slots_t[rows], rows, reduce="amax")
+            rows = rows[winner[slots_t[rows]] == rows]
+            self._write(slots_t[rows], rows, x, y, task, logits)
+        self.n_seen += b
+        self.n_filled.fill_(filled)
+        return slots_t
 
     def set_contents(self, x: Tensor, y: Tensor, task: Tensor, logits: Tensor | None = None) -> None:
         """Replace the whole content (herding and other selections computed by the owner)."""

@@ -18,6 +18,7 @@ budget caps and what a checkpoint restores.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -182,11 +183,14 @@ class Method(nn.Module):
                     + ReplayBuffer.FIXED_BYTES)
             capacity = (budget.bytes - held) // per_sample
             if capacity < 1:
+                needed = held + per_sample
+                min_mb = math.ceil(needed / MB * 1e4) / 1e4  # rounded up: the suggested budget must suffice
                 raise BudgetError(
                     f"budget.mb={budget.mb} ({budget.bytes:,} bytes) is too small for {self.method_name or type(self).__name__}: "
                     f"it already keeps {held:,} counted bytes ({held / MB:.3f} MB, count_model={budget.count_model}) "
-                    f"and one exemplar costs {per_sample:,} bytes; raise budget.mb to at least "
-                    f"{(held + per_sample) / MB:.4f} or set budget.count_model=false")
+                    f"and one exemplar costs {per_sample:,} bytes, so it needs at least {needed:,} bytes; raise "
+                    f"budget.mb to at least {min_mb:g}"
+                    + (" or set budget.count_model=false" if budget.count_model else ""))
         return ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
                             selection=selection).to(self.device)
 

@@ -45,74 +45,80 @@ def quadratic_penalty(theta: Tensor, importance: Tensor, anchor: Tensor) -> Tens
     return (importance * (theta - anchor).pow(2)).sum()
 
 
-def per_sample_grads(model: nn.Module, fn: Callable[[Tensor, Tensor, Tensor], Tensor], inputs: Tensor,
-                     targets: Tensor | None = None, chunk_size: int | None = None):
-    """Yield ``(grads, outputs)`` per chunk of samples: ``grads`` is ``[n, P]``, the gradient of
-    ``fn(logits_i, target_i)`` (a scalar per sample) with respect to the trainable parameters of ``model`` for
-    each sample ``i`` of the chunk, and ``outputs`` the chunk's logits. Computed with ``torch.func`` (``vmap`` of
-    ``grad`` of ``functional_call``); the model is used as it is (call ``model.eval()`` first for BatchNorm)."""
-    named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = dict(model.named_buffers())
-    n_params = sum(p.numel() for p in named.values())
-    chunk = chunk_size or max(1, CHUNK_FLOATS // max(n_params, 1))
+def per_sample_grads(model: nn.Module, fn: Callable[[Tensor, Tensor | None], Tensor], inputs: Tensor,
+                     targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Gradients of ``fn(logits_i, target_i)`` (a scalar per sample) with respect to the trainable parameters of
+    ``model``, one row per sample: ``([n, P] gradients, [n, C] logits)``. Computed with ``torch.func`` (``vmap``
+    of ``grad`` of ``functional_call``), no loop over samples; the model is used in its current mode (call
+    ``model.eval()`` first when it has BatchNorm). Use :func:`sample_chunks` to bound memory."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    constants = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    constants.update(model.named_buffers())
 
     def sample_loss(params, x, t):
-        logits = functional_call(model, {**params, **frozen, **buffers}, (x.unsqueeze(0),))
-        return fn(logits.squeeze(0), t), logits.squeeze(0)
+        logits = functional_call(model, {**params, **constants}, (x.unsqueeze(0),)).squeeze(0)
+        return fn(logits, t), logits
 
-    per_sample = vmap(grad(sample_loss, has_aux=True), in_dims=(None, 0, 0 if targets is not None else None))
-    for i in range(0, len(inputs), chunk):
-        x = inputs[i:i + chunk]
-        t = targets[i:i + chunk] if targets is not None else None
-        grads, logits = per_sample(named, x, t)
-        yield torch.cat([g.reshape(len(x), -1) for g in grads.values()], dim=1), logits
+    in_dims = (None, 0, 0 if targets is not None else None)
+    grads, logits = vmap(grad(sample_loss, has_aux=True), in_dims=in_dims)(params, inputs, targets)
+    return torch.cat([g.reshape(len(inputs), -1) for g in grads.values()], dim=1), logits
+
+
+def sample_chunks(model: nn.Module, n: int, chunk_size: int | None = None) -> list[slice]:
+    """Slices of ``n`` samples small enough that a chunk of per-sample gradients stays under CHUNK_FLOATS."""
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size = chunk_size or max(1, CHUNK_FLOATS // max(n_params, 1))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _apply(transform: Callable[[Tensor], Tensor] | None, x: Tensor) -> Tensor:
+    return transform(x) if transform is not None else x
+
+
+def _log_likelihood(logits: Tensor, y: Tensor) -> Tensor:
+    return F.log_softmax(logits, dim=-1).gather(-1, y.view(1)).squeeze(-1)
 
 
 def fisher_diagonal(model: nn.Module, inputs: Tensor, labels: Tensor, mode: str = "empirical",
-                    chunk_size: int | None = None) -> Tensor:
-    """Diagonal Fisher information of ``model`` on ``inputs`` (network input, already transformed), averaged
-    over samples, as a flat vector over the trainable parameters.
+                    transform: Callable[[Tensor], Tensor] | None = None, chunk_size: int | None = None) -> Tensor:
+    """Diagonal Fisher information of ``model`` on ``inputs`` (network input, or stored data turned into network
+    input chunk by chunk by ``transform``), averaged over samples, as a flat vector over the trainable parameters.
 
     ``mode``:
       * ``empirical`` - ``mean_i g_i^2`` with ``g_i = d log p(y_i|x_i) / d theta`` at the true labels;
       * ``weighted``  - ``mean_i p(y_i|x_i) g_i^2``: the empirical Fisher weighted by the probability of the true
         label (mammoth's online EWC, ``models/ewc_on.py``);
-      * ``expected``  - ``mean_i sum_c p(c|x_i) g_{i,c}^2``: the true Fisher, expectation over the model's own
-        predictive distribution (one pass per class).
+      * ``expected``  - ``mean_i sum_c p(c|x_i) g_{i,c}^2``: the true Fisher, an expectation over the model's
+        own predictive distribution (one pass per output class).
     """
     if mode not in ("empirical", "weighted", "expected"):
         raise ValueError(f"unknown Fisher mode '{mode}'; choose empirical, weighted or expected")
-
-    def log_lik(logits, y):
-        return F.log_softmax(logits, dim=-1)[y]
-
     total = None
-    classes = range(_n_outputs(model, inputs)) if mode == "expected" else [None]
-    for c in classes:
-        targets = labels if c is None else torch.full_like(labels, c)
-        for g, logits in per_sample_grads(model, log_lik, inputs, targets, chunk_size):
+    for chunk in sample_chunks(model, len(inputs), chunk_size):
+        x, y = _apply(transform, inputs[chunk]), labels[chunk]
+        if mode == "expected":
+            with torch.no_grad():
+                probs = model(x).softmax(-1)
+            targets = [torch.full_like(y, c) for c in range(probs.shape[1])]
+        else:
+            targets = [y]
+        for t in targets:
+            g, logits = per_sample_grads(model, _log_likelihood, x, t)
             if mode == "empirical":
-                w = None
+                part = g.pow(2).sum(0)
             else:
-                probs = logits.detach().softmax(-1)
-                w = probs.gather(1, targets[: len(g)].view(-1, 1) if False else _chunk_targets(targets, g, logits))
-            part = g.pow(2) if w is None else w * g.pow(2)
-            total = part.sum(0) if total is None else total + part.sum(0)
+                if mode == "weighted":
+                    probs = logits.detach().softmax(-1)
+                w = probs.gather(1, t.view(-1, 1))
+                part = (w * g.pow(2)).sum(0)
+            total = part if total is None else total + part
     return total / len(inputs)
 
 
-def _chunk_targets(targets: Tensor, g: Tensor, logits: Tensor) -> Tensor:
-    raise NotImplementedError
-
-
-def _n_outputs(model: nn.Module, inputs: Tensor) -> int:
-    with torch.no_grad():
-        return model(inputs[:1]).shape[-1]
-
-
-def mas_importance(model: nn.Module, inputs: Tensor, chunk_size: int | None = None) -> Tensor:
-    """MAS importance on ``inputs`` (network input): ``mean_i |d ||f(x_i)||_2^2 / d theta|`` over samples, with
+def mas_importance(model: nn.Module, inputs: Tensor, transform: Callable[[Tensor], Tensor] | None = None,
+                   chunk_size: int | None = None) -> Tensor:
+    """MAS importance on ``inputs`` (network input, or stored data and its ``transform`` as in
+    :func:`fisher_diagonal`): ``mean_i |d ||f(x_i)||_2^2 / d theta|`` over samples, with
     ``f`` the model's output (logits), as a flat vector over the trainable parameters. Per sample, as the paper
     defines it (the official code takes the absolute value of a batch-summed gradient instead)."""
 
@@ -120,7 +126,8 @@ def mas_importance(model: nn.Module, inputs: Tensor, chunk_size: int | None = No
         return logits.pow(2).sum()
 
     total = None
-    for g, _ in per_sample_grads(model, squared_norm, inputs, None, chunk_size):
+    for chunk in sample_chunks(model, len(inputs), chunk_size):
+        g, _ = per_sample_grads(model, squared_norm, _apply(transform, inputs[chunk]))
         part = g.abs().sum(0)
         total = part if total is None else total + part
     return total / len(inputs)

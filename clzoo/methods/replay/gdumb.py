@@ -1,0 +1,67 @@
+"""GDumb: Greedy sampler and Dumb learner.
+
+Prabhu, Torr, Dokania, "GDumb: A Simple Approach that Questions Our Progress in Continual Learning", ECCV 2020.
+The sampler keeps a class-balanced memory greedily (``selection: class_balanced`` of the ReplayBuffer: while
+there is room every sample is stored; then a sample of an under-represented class evicts a random sample of the
+largest class). The learner ignores the stream: at the end of every task the model is re-initialised and
+trained from scratch on the memory alone, for ``epochs`` epochs of ``batch_size`` (the model evaluated after a
+task is the one trained on the memory at that point, as the paper trains at inference time).
+
+Re-initialisation is seeded: a seed drawn once at construction is kept as an 8-byte buffer, and every reset
+runs each module's ``reset_parameters()`` under that seed (without disturbing the global random stream), so the
+model restarts from the same weights at every task and a resumed run restarts from them too. Modules without
+``reset_parameters`` keep their weights.
+
+Defaults follow Avalanche's Split-MNIST GDumb baseline (continual-learning-baselines): 10 epochs, batch 16,
+plain SGD at ``trainer.optimizer`` (``lr`` here overrides its learning rate); no CutMix or cosine schedule.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..base import Method, build_optimizer
+from ..registry import register_method
+
+
+@register_method("gdumb")
+class GDumb(Method):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, epochs: int = 10, batch_size: int = 16,
+                 lr: float | None = None):
+        super().__init__(model, ctx)
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.register_buffer("init_seed", torch.randint(2**62, ()))
+        self._to_offer = 0
+        self.buffer = self.make_buffer(buffer, selection="class_balanced")
+
+    def begin_task(self, task):
+        self._to_offer = task.n_train  # the sampler sees each sample once, whatever trainer.epochs says
+
+    def observe(self, x, y, task_id):
+        if self._to_offer > 0:
+            n = min(len(y), self._to_offer)
+            self.buffer.add(x[:n], y[:n], task_id)
+            self._to_offer -= n
+        return torch.zeros((), device=y.device)
+
+    def reset_model(self) -> None:
+        """Re-initialise every module of the model from the kept seed."""
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self.init_seed))
+            for module in self.model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+
+    def end_task(self, task):
+        self.reset_model()
+        options = dict(self.ctx.optimizer, **({"lr": self.lr} if self.lr is not None else {}))
+        self.opt = build_optimizer(self.trainable_parameters(), **options)
+        memory = self.buffer.all()
+        n = len(memory.y)
+        for _ in range(self.epochs):
+            order = torch.randperm(n, device=memory.y.device)
+            for i in range(0, n, self.batch_size):
+                idx = order[i:i + self.batch_size]
+                self.step(F.cross_entropy(self.model(self.augment(memory.x[idx])), memory.y[idx]))

@@ -1,0 +1,100 @@
+"""iCaRL: incremental Classifier and Representation Learning.
+
+Rebuffi, Kolesnikov, Sperl, Lampert, "iCaRL: Incremental Classifier and Representation Learning", CVPR 2017.
+
+* Training set of a task: its new data plus every stored exemplar (Alg. 3, "update representation").
+* Loss: sigmoid binary cross-entropy over the classes seen so far; the targets of the new classes are the one-hot
+  labels, those of the old classes are the old network's sigmoid outputs on the same input (distillation). The
+  old network (``teacher``) is the model at the end of the previous task; it is allocated at construction and
+  refreshed at every task end, and is paid for as ``teachers``.
+* Memory: a fixed total of M exemplars shared equally by the classes seen so far, m = M // n_seen per class. At
+  a task end each old class keeps the first m of its exemplars (Alg. 5, "reduce exemplar set") and each new class
+  gets m exemplars chosen by herding on L2-normalised features (Alg. 4; :func:`clzoo.memory.selection.herding`).
+* Classification: nearest mean of exemplars (Alg. 1). The class means (mean of the normalised features of a
+  class's exemplars, renormalised) are computed once the exemplar set is updated and kept as ``prototypes``
+  (preallocated for every class); ``forward`` returns ``-|| phi(x)/|phi(x)| - mu_c ||^2`` as logits.
+
+Defaults: the DER paper's Seq-MNIST arguments (``trainer.optimizer.lr=0.1``, no weight decay).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...memory.selection import herding
+from ..base import Method
+from ..registry import register_method
+
+
+@register_method("icarl")
+class ICaRL(Method):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, feature_batch_size: int = 1000):
+        super().__init__(model, ctx)
+        self.feature_batch_size = feature_batch_size
+        self.teacher = self.frozen_copy()
+        n_classes, dim = ctx.stream.n_classes, model.head.in_features
+        self.register_buffer("prototypes", torch.zeros(n_classes, dim))
+        self.memory_categories = {"prototypes": "prototypes"}
+        self.buffer = self.make_buffer(buffer, selection="herding")
+
+    def training_data(self, task):
+        stored = self.buffer.all()
+        device = stored.x.device
+        return (torch.cat([task.x_train.to(device), stored.x]),
+                torch.cat([task.y_train.to(device), stored.y]))
+
+    def observe(self, x, y, task_id):
+        inputs = self.augment(x)
+        n_seen = self.seen_classes(task_id)
+        logits = self.model(inputs)[:, :n_seen]
+        targets = F.one_hot(y, n_seen).float()
+        if task_id > 0:
+            n_old = self.seen_classes(task_id - 1)
+            with torch.no_grad():
+                targets[:, :n_old] = torch.sigmoid(self.teacher(inputs)[:, :n_old])
+        return self.step(F.binary_cross_entropy_with_logits(logits, targets))
+
+    @torch.no_grad()
+    def features(self, x) -> torch.Tensor:
+        """L2-normalised features of stored inputs ``x`` (evaluation transform, eval mode, in batches)."""
+        was_training = self.model.training
+        self.model.eval()
+        out = torch.cat([self.model.features(self.preprocess(x[i:i + self.feature_batch_size]))
+                         for i in range(0, len(x), self.feature_batch_size)])
+        self.model.train(was_training)
+        return F.normalize(out.flatten(1), dim=1)
+
+    @torch.no_grad()
+    def end_task(self, task):
+        n_seen = self.seen_classes(task.id)
+        m = self.buffer.capacity // n_seen
+        # reduce: every old class keeps its first m exemplars (they are stored in herding order)
+        old = self.buffer.all()
+        keep = torch.cat([(old.y == c).nonzero().squeeze(1)[:m] for c in old.y.unique()]) if len(old.y) else old.y
+        xs, ys, ts = [old.x[keep]], [old.y[keep]], [old.task[keep]]
+        # construct: m exemplars per new class, by herding on normalised features
+        dev = self.buffer.x.device
+        x_task, y_task = task.x_train.to(dev), task.y_train.to(dev)
+        for c in task.classes:
+            x_c = x_task[y_task == c]
+            chosen = herding(self.features(x_c), m)
+            xs.append(x_c[chosen])
+            ys.append(torch.full((len(chosen),), c, dtype=torch.long, device=dev))
+            ts.append(torch.full((len(chosen),), task.id, dtype=torch.long, device=dev))
+        self.buffer.set_contents(torch.cat(xs), torch.cat(ys), torch.cat(ts))
+        # class means of the exemplars, for nearest-mean-of-exemplars classification
+        stored = self.buffer.all()
+        feats = self.features(stored.x)
+        sums = torch.zeros_like(self.prototypes).index_add_(0, stored.y, feats)
+        self.prototypes.copy_(F.normalize(sums, dim=1))
+        # the old network for the next task's distillation targets
+        self.teacher.load_state_dict(self.model.state_dict())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the old network always runs in inference mode
+        return self
+
+    def forward(self, x, task_id=None):
+        feats = F.normalize(self.model.features(x).flatten(1), dim=1)
+        return -torch.cdist(feats, self.prototypes).pow(2)
