@@ -175,6 +175,10 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         start = ckpt["task_id"] + 1
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
     else:
+        # a fresh run owns its folder: checkpoints left by an earlier run there would mix with this run's (a later
+        # resume=true could pick one of them up), and an old results.json would outlive a crash of this run
+        for stale in [*(run_dir / "checkpoints").glob("task_*.pt"), run_dir / "results.json"]:
+            stale.unlink(missing_ok=True)
         t0 = time.perf_counter()
         progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, trainer.get("eval_batch_size", 1000))
         progress["eval_s"] += time.perf_counter() - t0
@@ -185,6 +189,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
+    # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     method.train()
     try:
         stop = trainer.get("max_tasks") or stream.n_tasks

@@ -108,29 +108,47 @@ class ReplayBuffer(nn.Module):
     def _write(self, slots: Tensor, rows: Tensor, x, y, task, logits) -> None:
         self.x[slots] = x[rows].to(self.x.dtype)
         self.y[slots] = y[rows].to(self.y.dtype)
-        task_t = task[rows] if isinstance(task, Tensor) else torch.full_like(slots, int(task))
-        self.task[slots] = task_t.to(self.task.dtype)
+        if isinstance(task, Tensor):
+            self.task[slots] = task[rows].to(self.task.dtype)
+        else:
+            self.task[slots] = int(task)
         if self.logits is not None and logits is not None:
             self.logits[slots] = logits[rows].detach().to(self.logits.dtype)
 
+    def _write_range(self, start: int, x, y, task, logits) -> None:
+        """Write a whole batch to the consecutive slots ``start ...`` (plain slice copies)."""
+        end = start + len(y)
+        self.x[start:end] = x
+        self.y[start:end] = y
+        if isinstance(task, Tensor):
+            self.task[start:end] = task
+        else:
+            self.task[start:end] = int(task)
+        if self.logits is not None and logits is not None:
+            self.logits[start:end] = logits.detach()
+
     def _add_reservoir(self, x, y, task, logits) -> Tensor:
-        b, device = len(y), self.x.device
+        b, device, capacity = len(y), self.x.device, self.capacity
         seen = int(self.n_seen)
-        positions = seen + torch.arange(b, device=device)
-        # algorithm R: the i-th sample of the stream goes to slot i while there is room, else to a slot drawn
-        # uniformly from 0..i, kept only if that slot exists
-        draws = (torch.rand(b, device=device) * (positions + 1)).long()
-        slots = torch.where(positions < self.capacity, positions, draws)
-        slots = torch.where(slots < self.capacity, slots, torch.full_like(slots, -1))
-        rows = (slots >= 0).nonzero().squeeze(1)
-        if len(rows):
-            # two samples of one batch drawing the same slot: the later one wins, as in sequential insertion
-            winner = torch.full((self.capacity,), -1, dtype=torch.long, device=device)
-            winner.scatter_reduce_(0, slots[rows], rows, reduce="amax")
-            rows = rows[winner[slots[rows]] == rows]
-            self._write(slots[rows], rows, x, y, task, logits)
-        self.n_seen += b
-        self.n_filled.fill_(min(self.capacity, seen + b))
+        # algorithm R: the i-th sample of the stream (i = seen, seen + 1, ...) goes to slot i while there is
+        # room, else to a slot drawn uniformly from 0..i, kept only if that slot exists. The draws are made for
+        # every batch (also while filling), so the random stream does not depend on the buffer's state.
+        draws = (torch.rand(b, device=device) * torch.arange(seen + 1, seen + b + 1, device=device)).long()
+        if seen + b <= capacity:  # still filling: sample i goes to slot seen + i
+            self._write_range(seen, x, y, task, logits)
+            slots = torch.arange(seen, seen + b, device=device)
+        else:
+            # decided on the host: a batch is small, and most samples are rejected once the buffer is full
+            drawn = draws.tolist()
+            slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1) for i, d in enumerate(drawn)]
+            # two samples of one batch taking the same slot: the later one wins, as in sequential insertion
+            winner = {slot: i for i, slot in enumerate(slot_list) if slot >= 0}
+            if winner:
+                self._write(torch.tensor(list(winner), device=device),
+                            torch.tensor(list(winner.values()), device=device), x, y, task, logits)
+            slots = torch.tensor(slot_list, dtype=torch.long, device=device)
+        self.n_seen.fill_(seen + b)
+        self.n_filled.fill_(min(capacity, seen + b))
         return slots
 
     def _add_class_balanced(self, x, y, task, logits) -> Tensor:

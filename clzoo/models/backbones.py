@@ -94,23 +94,39 @@ def resnet32(input_shape: Sequence[int]) -> ResNet:
     return ResNet(input_shape, [16, 32, 64], [5, 5, 5], shortcut="pad")
 
 
-class TimmBackbone(nn.Module):
-    """Any timm model by name, with its classifier removed (``num_classes=0``)."""
+class PretrainedWeightsError(ValueError):
+    """A configuration asks for pretrained weights that cannot be had (no network and not in the cache)."""
 
-    def __init__(self, input_shape: Sequence[int], name: str, pretrained: bool = False, **kwargs):
+
+class TimmBackbone(nn.Module):
+    """Any timm model by name, with its classifier removed (``num_classes=0``).
+
+    ``img_size``: ``None`` passes nothing (CNNs); ``"auto"`` builds the model for the stream's image size
+    (``input_shape[1:]``, e.g. 32x32 for CIFAR: ViTs fix their input size at construction); an int or pair is
+    passed as is. Other keyword arguments go to ``timm.create_model`` (``patch_size``, ``depth``, ...).
+    """
+
+    def __init__(self, input_shape: Sequence[int], name: str, pretrained: bool = False,
+                 img_size: int | Sequence[int] | str | None = None, **kwargs):
         super().__init__()
         import timm
 
+        if img_size == "auto":
+            img_size = tuple(int(s) for s in input_shape[1:])
+        if img_size is not None:
+            kwargs["img_size"] = tuple(img_size) if isinstance(img_size, (list, tuple)) else int(img_size)
         try:
             self.net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=input_shape[0], **kwargs)
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ValueError(f"timm has no model '{name}'; list them with timm.list_models('*vit*')") from err
             raise
-        except OSError as err:  # weights not cached and no network
-            raise RuntimeError(
-                f"could not load pretrained weights for timm model '{name}' ({err.__class__.__name__}); with no "
-                f"network, put the weights in the Hugging Face cache (HF_HOME) or set model.pretrained=false"
+        except OSError as err:  # weights neither cached nor downloadable (no network, or HF_HUB_OFFLINE=1)
+            raise PretrainedWeightsError(
+                f"cannot load pretrained weights for timm model '{name}': they are not in the Hugging Face cache "
+                f"and cannot be downloaded ({err.__class__.__name__}). Fix: set model.pretrained=false to train it "
+                f"from scratch, or put the weights in the cache (HF_HOME, e.g. by running once with network access: "
+                f"timm.create_model('{name}', pretrained=True)); set HF_HUB_OFFLINE=1 to fail fast without network"
             ) from err
         self.out_features = self.net.num_features
 

@@ -14,6 +14,7 @@ Synaptic Intelligence's path integral needs no estimator here: it is accumulated
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-#: per-sample gradients are computed in chunks of at most this many floats (samples x parameters): 256 MB
-CHUNK_FLOATS = 2**26
+#: per-sample gradients are computed in chunks of at most this many floats (samples x parameters): 16 MB, cache-friendly
+CHUNK_FLOATS = 2**22
 
 
 def regularized_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -46,9 +47,9 @@ def quadratic_penalty(theta: Tensor, importance: Tensor, anchor: Tensor) -> Tens
 
 
 def per_sample_grads(model: nn.Module, fn: Callable[[Tensor, Tensor | None], Tensor], inputs: Tensor,
-                     targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                     targets: Tensor | None = None) -> tuple[dict[str, Tensor], Tensor]:
     """Gradients of ``fn(logits_i, target_i)`` (a scalar per sample) with respect to the trainable parameters of
-    ``model``, one row per sample: ``([n, P] gradients, [n, C] logits)``. Computed with ``torch.func`` (``vmap``
+    ``model``, one per sample: ``({name: [n, *shape]}, [n, C] logits)``. Computed with ``torch.func`` (``vmap``
     of ``grad`` of ``functional_call``), no loop over samples; the model is used in its current mode (call
     ``model.eval()`` first when it has BatchNorm). Use :func:`sample_chunks` to bound memory."""
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -60,8 +61,7 @@ def per_sample_grads(model: nn.Module, fn: Callable[[Tensor, Tensor | None], Ten
         return fn(logits, t), logits
 
     in_dims = (None, 0, 0 if targets is not None else None)
-    grads, logits = vmap(grad(sample_loss, has_aux=True), in_dims=in_dims)(params, inputs, targets)
-    return torch.cat([g.reshape(len(inputs), -1) for g in grads.values()], dim=1), logits
+    return vmap(grad(sample_loss, has_aux=True), in_dims=in_dims)(params, inputs, targets)
 
 
 def sample_chunks(model: nn.Module, n: int, chunk_size: int | None = None) -> list[slice]:
@@ -93,7 +93,7 @@ def fisher_diagonal(model: nn.Module, inputs: Tensor, labels: Tensor, mode: str 
     """
     if mode not in ("empirical", "weighted", "expected"):
         raise ValueError(f"unknown Fisher mode '{mode}'; choose empirical, weighted or expected")
-    total = None
+    total: dict[str, Tensor] = {}
     for chunk in sample_chunks(model, len(inputs), chunk_size):
         x, y = _apply(transform, inputs[chunk]), labels[chunk]
         if mode == "expected":
@@ -103,31 +103,49 @@ def fisher_diagonal(model: nn.Module, inputs: Tensor, labels: Tensor, mode: str 
         else:
             targets = [y]
         for t in targets:
-            g, logits = per_sample_grads(model, _log_likelihood, x, t)
-            if mode == "empirical":
-                part = g.pow(2).sum(0)
-            else:
-                if mode == "weighted":
-                    probs = logits.detach().softmax(-1)
-                w = probs.gather(1, t.view(-1, 1))
-                part = (w * g.pow(2)).sum(0)
-            total = part if total is None else total + part
-    return total / len(inputs)
+            grads, logits = per_sample_grads(model, _log_likelihood, x, t)
+            if mode == "weighted":
+                probs = logits.detach().softmax(-1)
+            w = None if mode == "empirical" else probs.gather(1, t.view(-1, 1)).squeeze(1)
+            for name, g in grads.items():
+                part = g.pow(2).sum(0) if w is None else torch.tensordot(w, g.pow(2), dims=1)
+                total[name] = total[name] + part if name in total else part
+    return _flatten(total) / len(inputs)
 
 
 def mas_importance(model: nn.Module, inputs: Tensor, transform: Callable[[Tensor], Tensor] | None = None,
                    chunk_size: int | None = None) -> Tensor:
     """MAS importance on ``inputs`` (network input, or stored data and its ``transform`` as in
-    :func:`fisher_diagonal`): ``mean_i |d ||f(x_i)||_2^2 / d theta|`` over samples, with
-    ``f`` the model's output (logits), as a flat vector over the trainable parameters. Per sample, as the paper
-    defines it (the official code takes the absolute value of a batch-summed gradient instead)."""
+    :func:`fisher_diagonal`): ``mean_i |d ||f(x_i)||_2^2 / d theta|`` over samples, with ``f`` the model's output
+    (logits), as a flat vector over the trainable parameters. Per sample, as the paper defines it (the official
+    code takes the absolute value of a batch-summed gradient instead)."""
 
     def squared_norm(logits, _):
         return logits.pow(2).sum()
 
-    total = None
+    total: dict[str, Tensor] = {}
     for chunk in sample_chunks(model, len(inputs), chunk_size):
-        g, _ = per_sample_grads(model, squared_norm, _apply(transform, inputs[chunk]))
-        part = g.abs().sum(0)
-        total = part if total is None else total + part
-    return total / len(inputs)
+        grads, _ = per_sample_grads(model, squared_norm, _apply(transform, inputs[chunk]))
+        for name, g in grads.items():
+            part = g.abs().sum(0)
+            total[name] = total[name] + part if name in total else part
+    return _flatten(total) / len(inputs)
+
+
+def _flatten(per_param: dict[str, Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in per_param.values()])
+
+
+def warn_if_stiff(method, importance: Tensor, weight: float) -> None:
+    """Warn, when ``method`` has tasks left to train with plain SGD, that the penalty
+    ``weight * importance_k * (theta_k - anchor_k)^2`` is too stiff for its learning rate: each SGD step multiplies
+    ``theta_k - anchor_k`` by ``1 - 2 * lr * weight * importance_k``, which diverges once ``lr * weight *
+    importance_k > 1``."""
+    optimizer, stream = method.ctx.optimizer, method.ctx.stream
+    if optimizer.get("name", "sgd") != "sgd" or method.current_task + 1 >= stream.n_tasks or importance.numel() == 0:
+        return
+    stiffness = float(optimizer.get("lr", 0.0)) * weight * float(importance.max())
+    if stiffness > 1.0:
+        warnings.warn(f"{method.method_name}: lr * weight * max(importance) = {stiffness:.2f} > 1 after task "
+                      f"{method.current_task}: SGD steps on the penalty overshoot and the next task will likely "
+                      f"diverge; lower the penalty weight or the learning rate", RuntimeWarning, stacklevel=2)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.importance import fisher_diagonal, param_vector, quadratic_penalty, regularized_parameters
+from ..parts.importance import fisher_diagonal, param_vector, quadratic_penalty, regularized_parameters, warn_if_stiff
 from ..registry import register_method
 
 
@@ -53,6 +53,7 @@ class EWC(Method):
                                  mode=self.fisher, transform=self.preprocess)
         self.model.train()
         self._keep_task(task.id, fisher, param_vector(regularized_parameters(self.model)))
+        warn_if_stiff(self, sum(f for f, _ in self.penalties()), self.lambda_)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         for key, value in state_dict.items():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.importance import fisher_diagonal, param_vector, quadratic_penalty, regularized_parameters
+from ..parts.importance import fisher_diagonal, param_vector, quadratic_penalty, regularized_parameters, warn_if_stiff
 from ..registry import register_method
 
 
@@ -46,3 +46,4 @@ class OnlineEWC(Method):
         self.model.train()
         self.importance.mul_(self.gamma).add_(fisher)
         self.anchor.copy_(param_vector(regularized_parameters(self.model)).detach())
+        warn_if_stiff(self, self.importance, self.lambda_)

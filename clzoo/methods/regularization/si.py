@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.importance import grad_vector, param_vector, quadratic_penalty, regularized_parameters
+from ..parts.importance import grad_vector, param_vector, quadratic_penalty, regularized_parameters, warn_if_stiff
 from ..registry import register_method
 
 
@@ -59,3 +59,4 @@ class SI(Method):
         self.importance.add_(self.path_integral / ((theta - self.anchor) ** 2 + self.xi)).clamp_(min=0)
         self.anchor.copy_(theta)
         self.path_integral.zero_()
+        warn_if_stiff(self, self.importance, self.c)

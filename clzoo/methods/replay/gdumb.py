@@ -4,8 +4,8 @@ Prabhu, Torr, Dokania, "GDumb: A Simple Approach that Questions Our Progress in 
 The sampler keeps a class-balanced memory greedily (``selection: class_balanced`` of the ReplayBuffer: while
 there is room every sample is stored; then a sample of an under-represented class evicts a random sample of the
 largest class). The learner ignores the stream: at the end of every task the model is re-initialised and
-trained from scratch on the memory alone, for ``epochs`` epochs of ``batch_size`` (the model evaluated after a
-task is the one trained on the memory at that point, as the paper trains at inference time).
+trained from scratch on the memory alone, for ``fit_epochs`` epochs in batches of ``fit_batch_size`` (the model
+evaluated after a task is the one trained on the memory at that point, as the paper trains at inference time).
 
 Re-initialisation is seeded: a seed drawn once at construction is kept as an 8-byte buffer, and every reset
 runs each module's ``reset_parameters()`` under that seed (without disturbing the global random stream), so the
@@ -13,7 +13,7 @@ model restarts from the same weights at every task and a resumed run restarts fr
 ``reset_parameters`` keep their weights.
 
 Defaults follow Avalanche's Split-MNIST GDumb baseline (continual-learning-baselines): 10 epochs, batch 16,
-plain SGD at ``trainer.optimizer`` (``lr`` here overrides its learning rate); no CutMix or cosine schedule.
+plain SGD at ``trainer.optimizer`` (``fit_lr`` overrides its learning rate); no CutMix or cosine schedule.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from ..registry import register_method
 
 @register_method("gdumb")
 class GDumb(Method):
-    def __init__(self, model, ctx, buffer: dict | int | str = 500, epochs: int = 10, batch_size: int = 16,
-                 lr: float | None = None):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, fit_epochs: int = 10, fit_batch_size: int = 16,
+                 fit_lr: float | None = None):
         super().__init__(model, ctx)
-        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.fit_epochs, self.fit_batch_size, self.fit_lr = fit_epochs, fit_batch_size, fit_lr
         self.register_buffer("init_seed", torch.randint(2**62, ()))
         self._to_offer = 0
         self.buffer = self.make_buffer(buffer, selection="class_balanced")
@@ -56,12 +56,12 @@ class GDumb(Method):
 
     def end_task(self, task):
         self.reset_model()
-        options = dict(self.ctx.optimizer, **({"lr": self.lr} if self.lr is not None else {}))
+        options = dict(self.ctx.optimizer, **({"lr": self.fit_lr} if self.fit_lr is not None else {}))
         self.opt = build_optimizer(self.trainable_parameters(), **options)
         memory = self.buffer.all()
         n = len(memory.y)
-        for _ in range(self.epochs):
+        for _ in range(self.fit_epochs):
             order = torch.randperm(n, device=memory.y.device)
-            for i in range(0, n, self.batch_size):
-                idx = order[i:i + self.batch_size]
+            for i in range(0, n, self.fit_batch_size):
+                idx = order[i:i + self.fit_batch_size]
                 self.step(F.cross_entropy(self.model(self.augment(memory.x[idx])), memory.y[idx]))

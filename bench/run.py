@@ -1,0 +1,577 @@
+#!/usr/bin/env python
+"""Speed benchmark: the same continual-learning work in clzoo, in Avalanche, and as a bare PyTorch loop.
+
+    python bench/run.py                      # full run, writes bench/RESULTS.md
+    python bench/run.py --quick              # reduced version, well under a minute
+    python bench/run.py --check-only         # no timing: checks the three systems compute the same thing
+
+Every case runs the three systems on one in-memory stream (uint8 tensors), from the same initial weights,
+with the same batch size, epochs, optimizer and learning rate, on the same number of torch threads:
+
+* ``clzoo``     - ``clzoo.engine.run(cfg, run_dir)``, the call behind ``clzoo-run``, with its defaults
+                  (TensorBoard events and a checkpoint after every task; plots off, progress bar off);
+* ``avalanche`` - Avalanche's own strategies (``Naive``, ``Naive`` + ``ReplayPlugin`` with a
+                  ``ReservoirSamplingBuffer``, ``DER``) on an Avalanche benchmark built from the same tensors,
+                  with an ``EvaluationPlugin`` that only computes accuracy and logs nothing;
+* ``bare``      - a plain PyTorch loop written for this file that does the same forward / backward work as
+                  clzoo (same replay batch sizes, same losses, a vectorised reservoir buffer).
+
+Timed, identically for all three: from building the model to the end of the last evaluation, i.e.
+model construction, the initial evaluation, training on every task and the evaluation of every task's test
+set after each task. Not timed: reading data from disk, building the stream / the Avalanche benchmark from
+the in-memory tensors, Python imports (a warm-up run precedes the measurements). See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(HERE.parent))
+
+from clzoo.data import build_stream  # noqa: E402
+from clzoo.data.sources import DatasetNotFoundError, Source, default_root, load_source  # noqa: E402
+from clzoo.engine.checkpoint import seed_everything  # noqa: E402
+from clzoo.engine.runner import build_model  # noqa: E402
+
+SYSTEMS = ("clzoo", "avalanche", "bare")
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2615)
+
+
+# ---------------------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One workload: a stream, a model, a method and its hyper-parameters (shared by the three systems)."""
+
+    name: str
+    data: str                      # "mnist" (sequential MNIST; digits when absent) or "images" (CIFAR-shaped)
+    method: str                    # finetune | er | der
+    model: dict                    # a clzoo model config (_target_ + arguments)
+    lr: float
+    batch_size: int = 10
+    epochs: int = 1
+    buffer: int = 500
+    minibatch: int = 10            # replay samples per step
+    alpha: float = 1.0             # DER's logit-matching weight
+    n_tasks: int = 5
+    train_per_task: int | None = None
+    test_per_task: int | None = None
+    augment: dict | None = None    # clzoo stream.augment (mean/std/crop_padding/hflip)
+    note: str = ""
+
+    @property
+    def model_name(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.model.items() if k != "_target_")
+        return f"{self.model['_target_'].rsplit('.', 1)[-1]}({args})"
+
+
+MLP = {"_target_": "clzoo.models.MLP", "hidden_sizes": [100, 100]}
+IMAGE_AUG = {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), "crop_padding": 4, "hflip": True}
+
+
+def full_cases() -> list[Case]:
+    # Sequential MNIST as in the DER paper (Buzzega et al. 2020): MLP 100-100, batch 10, 1 epoch, SGD;
+    # lr 0.1 for SGD / ER, lr 0.03 with alpha 1 and 128 replayed samples for DER (its paper's buffer-500 arguments).
+    mnist = dict(data="mnist", model=MLP, batch_size=10, epochs=1)
+    resnet = {"_target_": "clzoo.models.reduced_resnet18", "nf": 20}
+    images = dict(data="images", model=resnet, batch_size=10, epochs=1, lr=0.05, augment=IMAGE_AUG,
+                  train_per_task=500, test_per_task=200)
+    return [
+        Case("seq-mnist/finetune", method="finetune", lr=0.1, **mnist),
+        Case("seq-mnist/er", method="er", lr=0.1, minibatch=10, **mnist),
+        Case("seq-mnist/der", method="der", lr=0.03, minibatch=128, alpha=1.0, **mnist),
+        Case("images/er", method="er", minibatch=10, **images),
+    ]
+
+
+def quick_cases() -> list[Case]:
+    mnist = dict(data="mnist", model=MLP, batch_size=10, epochs=1, train_per_task=600, test_per_task=200)
+    tiny = {"_target_": "clzoo.models.reduced_resnet18", "nf": 4}
+    images = dict(data="images", model=tiny, batch_size=10, epochs=1, lr=0.05, augment=IMAGE_AUG,
+                  train_per_task=60, test_per_task=40)
+    return [
+        Case("seq-mnist/finetune", method="finetune", lr=0.1, **mnist),
+        Case("seq-mnist/er", method="er", lr=0.1, minibatch=10, **mnist),
+        Case("seq-mnist/der", method="der", lr=0.03, minibatch=128, alpha=1.0, **mnist),
+        Case("images/er", method="er", minibatch=10, **images),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- data
+def find_root(data_root: str | None) -> Path:
+    return Path(data_root).expanduser() if data_root else default_root()
+
+
+def load_mnist(root: Path) -> Source:
+    """MNIST from ``root`` (torchvision layout), else scikit-learn's bundled 8x8 digits."""
+    try:
+        return load_source("mnist", root)
+    except (DatasetNotFoundError, FileNotFoundError, RuntimeError):
+        return load_source("digits", root)
+
+
+def load_images(root: Path, n_train: int = 5000, n_test: int = 1000) -> Source:
+    """CIFAR-10 from ``root`` when present, else random CIFAR-shaped uint8 images (timing only)."""
+    try:
+        return load_source("cifar10", root)
+    except (DatasetNotFoundError, FileNotFoundError, RuntimeError):
+        g = torch.Generator().manual_seed(0)
+        return Source("random-cifar", torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.arange(n_train) % 10,
+                      torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.arange(n_test) % 10, [str(i) for i in range(10)])
+
+
+def make_stream(case: Case, sources: dict):
+    return build_stream(source=sources[case.data], n_tasks=case.n_tasks, train_per_task=case.train_per_task,
+                        test_per_task=case.test_per_task, name=case.name)
+
+
+# ---------------------------------------------------------------------------------------------- clzoo
+def clzoo_config(case: Case, seed: int) -> dict:
+    from clzoo.config import compose
+
+    overrides = [f"method={case.method}", f"seed={seed}", f"trainer.optimizer.lr={case.lr}",
+                 f"trainer.batch_size={case.batch_size}", f"trainer.epochs={case.epochs}",
+                 "log.plots=false", "log.progress=false"]
+    if case.method in ("er", "der"):
+        overrides += [f"method.buffer.capacity={case.buffer}", f"method.minibatch_size={case.minibatch}"]
+    if case.method == "der":
+        overrides += [f"method.alpha={case.alpha}"]
+    cfg = compose(overrides)
+    cfg["model"] = dict(case.model)
+    cfg["stream"] = {"name": case.name, "n_tasks": case.n_tasks}
+    if case.augment:
+        cfg["stream"]["augment"] = dict(case.augment)
+    return cfg
+
+
+def run_clzoo(case: Case, stream, seed: int, keep_dir: Path | None = None) -> dict:
+    """``clzoo.engine.run`` on the in-memory stream (the stream builder is bypassed: data loading is not timed)."""
+    from clzoo.engine import runner
+
+    cfg = clzoo_config(case, seed)
+    run_dir = Path(tempfile.mkdtemp(prefix="clzoo-bench-")) if keep_dir is None else keep_dir
+    original = runner.build_stream_from_config
+    runner.build_stream_from_config = lambda _cfg: stream
+    try:
+        gc.collect()
+        with contextlib.redirect_stdout(io.StringIO()):
+            t0, c0 = time.perf_counter(), time.process_time()
+            results = runner.run(cfg, run_dir, show_progress=False)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        runner.build_stream_from_config = original
+        if keep_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    final = results["acc_matrix"][-1]
+    return {"time": elapsed, "cpu": cpu, "acc": sum(final) / len(final), "per_task": final}
+
+
+# ---------------------------------------------------------------------------------------------- bare loop
+def _crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """Batched random crop (after zero padding) and horizontal flip, by advanced indexing."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
+    dx = torch.randint(0, 2 * padding + 1, (b, 1, 1, 1))
+    rows = dy + torch.arange(h).view(1, 1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, 1, w)
+    flip = torch.rand(b) < 0.5
+    cols = torch.where(flip.view(b, 1, 1, 1), dx + (w - 1) - torch.arange(w).view(1, 1, 1, w), cols)
+    return padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+
+
+def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
+    """A plain PyTorch loop doing clzoo's work: same model, init, batch order, replay batches and losses."""
+    aug = case.augment or {}
+    mean = torch.tensor(aug["mean"]).view(1, -1, 1, 1) if aug.get("mean") else None
+    std = torch.tensor(aug["std"]).view(1, -1, 1, 1) if aug.get("std") else None
+    pad = int(aug.get("crop_padding") or 0)
+
+    def prepare(xb, train):
+        x = xb.float().div_(255.0)
+        if train and pad:
+            x = _crop_flip(x, pad)
+        if mean is not None:
+            x = (x - mean) / std
+        return x
+
+    @torch.no_grad()
+    def evaluate(n_seen):
+        model.eval()
+        accs = []
+        for task in stream.tasks:
+            correct = correct_til = 0
+            lo, hi = task.classes[0], task.classes[-1] + 1
+            for i in range(0, len(task.y_test), 1000):
+                logits = model(prepare(task.x_test[i:i + 1000], False))
+                y = task.y_test[i:i + 1000]
+                if n_seen:
+                    correct += (logits[:, :n_seen].argmax(1) == y).sum().item()
+                # task-IL accuracy too, as clzoo computes it from the same forward pass
+                correct_til += (logits[:, lo:hi].argmax(1) + lo == y).sum().item()
+            accs.append(correct / len(task.y_test))
+        model.train()
+        return accs
+
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    seed_everything(seed)
+    model = build_model(case.model, stream)
+    replay = case.method in ("er", "der")
+    if replay:
+        cap = case.buffer
+        buf_x = torch.zeros((cap, *stream.input_shape), dtype=torch.uint8)
+        buf_y = torch.zeros(cap, dtype=torch.long)
+        buf_z = torch.zeros(cap, stream.n_classes) if case.method == "der" else None
+        n_seen = 0
+    evaluate(0)
+    model.train()
+    for task in stream.tasks:
+        opt = torch.optim.SGD(model.parameters(), lr=case.lr)
+        x_all, y_all = task.x_train, task.y_train
+        n = len(y_all)
+        for _ in range(case.epochs):
+            order = torch.randperm(n)
+            for b in range(0, n, case.batch_size):
+                idx = order[b:b + case.batch_size]
+                x, y = x_all[idx], y_all[idx]
+                if case.method == "der":
+                    logits = model(prepare(x, True))
+                    loss = F.cross_entropy(logits, y)
+                    if n_seen:
+                        j = torch.randperm(min(n_seen, cap))[:case.minibatch]
+                        loss = loss + case.alpha * F.mse_loss(model(prepare(buf_x[j], True)), buf_z[j])
+                else:
+                    inputs, labels = prepare(x, True), y
+                    if replay and n_seen:
+                        j = torch.randperm(min(n_seen, cap))[:case.minibatch]
+                        inputs = torch.cat([inputs, prepare(buf_x[j], True)])
+                        labels = torch.cat([labels, buf_y[j]])
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits, labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss.item()
+                if replay:  # reservoir sampling (Vitter's algorithm R), vectorised over the batch
+                    pos = n_seen + torch.arange(len(y))
+                    slots = torch.where(pos < cap, pos, (torch.rand(len(y)) * (pos + 1)).long())
+                    keep = slots < cap
+                    s = slots[keep]
+                    buf_x[s], buf_y[s] = x[keep], y[keep]
+                    if buf_z is not None:
+                        buf_z[s] = logits.detach()[:len(y)][keep]
+                    n_seen += len(y)
+        acc = evaluate(stream.classes_seen(task.id))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"time": elapsed, "cpu": cpu, "acc": sum(acc) / len(acc), "per_task": acc}
+    if return_model:
+        out["model"] = model
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- Avalanche
+class _UInt8ToFloat:
+    """uint8 CHW tensor -> float in [0, 1] (torchvision's ToTensor does this for PIL images)."""
+
+    def __call__(self, x):
+        return x.float().div(255.0)
+
+
+def avalanche_benchmark(case: Case, stream, orders: list[torch.Tensor] | None = None):
+    """An Avalanche benchmark holding the stream's tensors (not timed: this is data preparation).
+
+    MNIST-like streams are given as float tensors already scaled to [0, 1] (no per-sample transform: Avalanche's
+    fastest path). Image streams keep uint8 tensors and use torchvision's per-sample transforms, as Avalanche's
+    SplitCIFAR10 does: RandomCrop(32, padding=4) + RandomHorizontalFlip + scaling + Normalize for training,
+    scaling + Normalize for evaluation. ``orders`` re-orders each task's training data (to reproduce clzoo's
+    batch order exactly when Avalanche is told not to shuffle).
+    """
+    from avalanche.benchmarks import tensors_benchmark
+    import torchvision.transforms as T
+
+    aug = case.augment or {}
+    train, test = [], []
+    for t, task in enumerate(stream.tasks):
+        x, y = task.x_train, task.y_train
+        if orders is not None:
+            x, y = x[orders[t]], y[orders[t]]
+        train.append((x, y))
+        test.append((task.x_test, task.y_test))
+    if aug:
+        tail = [_UInt8ToFloat()]
+        if aug.get("mean"):
+            tail.append(T.Normalize(aug["mean"], aug["std"]))
+        head = []
+        if aug.get("crop_padding"):
+            head.append(T.RandomCrop(stream.input_shape[-1], padding=int(aug["crop_padding"])))
+        if aug.get("hflip"):
+            head.append(T.RandomHorizontalFlip())
+        return tensors_benchmark(train, test, task_labels=[0] * len(train), train_transform=T.Compose(head + tail),
+                                 eval_transform=T.Compose(tail))
+    scale = lambda pairs: [(x.float().div_(255.0), y) for x, y in pairs]  # noqa: E731
+    return tensors_benchmark(scale(train), scale(test), task_labels=[0] * len(train))
+
+
+def _clzoo_orders(case: Case, stream, seed: int) -> list[torch.Tensor]:
+    """The batch order clzoo's fine-tuning run draws with ``seed`` (model init first, then one randperm per task)."""
+    seed_everything(seed)
+    build_model(case.model, stream)
+    return [torch.randperm(len(t.y_train)) for t in stream.tasks]
+
+
+def avalanche_strategy(case: Case, model, device="cpu"):
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training import DER, Naive
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[])
+    opt = torch.optim.SGD(model.parameters(), lr=case.lr)
+    common = dict(train_mb_size=case.batch_size, train_epochs=case.epochs, eval_mb_size=1000, device=device,
+                  evaluator=evaluator)
+    if case.method == "finetune":
+        return Naive(model=model, optimizer=opt, **common)
+    if case.method == "er":
+        plugin = ReplayPlugin(mem_size=case.buffer, batch_size=case.batch_size, batch_size_mem=case.minibatch,
+                              storage_policy=ReservoirSamplingBuffer(case.buffer))
+        return Naive(model=model, optimizer=opt, plugins=[plugin], **common)
+    if case.method == "der":
+        return DER(model=model, optimizer=opt, mem_size=case.buffer, batch_size_mem=case.minibatch, alpha=case.alpha,
+                   beta=0.0, **common)
+    raise ValueError(case.method)
+
+
+def run_avalanche(case: Case, stream, seed: int, bench=None, return_model: bool = False) -> dict:
+    """Avalanche's strategy on the same tensors. Fine-tuning sees clzoo's exact batch order (shuffle off, data
+    pre-ordered); replay strategies shuffle with Avalanche's own sampler (the buffer loader must shuffle)."""
+    same_order = case.method == "finetune" and case.epochs == 1
+    if bench is None:
+        bench = avalanche_benchmark(case, stream, _clzoo_orders(case, stream, seed) if same_order else None)
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    seed_everything(seed)
+    model = build_model(case.model, stream)
+    strategy = avalanche_strategy(case, model)
+    with contextlib.redirect_stderr(io.StringIO()):  # Avalanche's own deprecation warnings
+        strategy.eval(bench.test_stream)  # the initial evaluation clzoo and the bare loop also do
+        for exp in bench.train_stream:
+            strategy.train(exp, shuffle=not same_order)
+            metrics = strategy.eval(bench.test_stream)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    accs = [metrics[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{t:03d}"] for t in range(len(stream.tasks))]
+    out = {"time": elapsed, "cpu": cpu, "acc": sum(accs) / len(accs), "per_task": accs}
+    if return_model:
+        out["model"] = model
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver
+RUNNERS = {"clzoo": run_clzoo, "avalanche": run_avalanche, "bare": run_bare}
+
+
+def warm_up(stream_case: tuple[Case, object]) -> None:
+    """One tiny run of each system first, so lazy imports (torch._dynamo on the first optimizer, Avalanche,
+    Hydra) are not charged to whichever system happens to run first."""
+    case, stream = stream_case
+    tiny = build_stream(source=load_source("digits"), n_tasks=2, train_per_task=20, test_per_task=10)
+    small = replace(case, data="digits", model=MLP, augment=None, buffer=20, minibatch=4)
+    for name in SYSTEMS:
+        RUNNERS[name](small, tiny, 0)
+
+
+def agree(a: list[float], b: list[float]) -> tuple[float, float, bool]:
+    """Difference of means, its standard error, and whether |diff| <= 2 SE + 0.5 point (agreement within noise)."""
+    da = statistics.stdev(a) if len(a) > 1 else 0.0
+    db = statistics.stdev(b) if len(b) > 1 else 0.0
+    se = math.sqrt(da**2 / len(a) + db**2 / len(b))
+    diff = statistics.mean(a) - statistics.mean(b)
+    return diff, se, abs(diff) <= 2 * se + 0.005
+
+
+def run_case(case: Case, stream, seeds: list[int], log) -> dict:
+    rows = {s: [] for s in SYSTEMS}
+    for k, seed in enumerate(seeds):
+        order = SYSTEMS[k % 3:] + SYSTEMS[:k % 3]  # rotate who goes first
+        for name in order:
+            r = RUNNERS[name](case, stream, seed)
+            rows[name].append(r)
+            log(f"  {case.name:20s} seed {seed} {name:9s} wall {r['time']:8.2f} s  cpu {r['cpu']:8.2f} s  "
+                f"acc {100 * r['acc']:6.2f}%")
+    out = {"case": case, "seeds": seeds}
+    for name in SYSTEMS:
+        times = [r["time"] for r in rows[name]]
+        accs = [r["acc"] for r in rows[name]]
+        out[name] = {"t_min": min(times), "t_med": statistics.median(times), "times": times, "accs": accs,
+                     "acc_mean": statistics.mean(accs), "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+    out["speedup_vs_avalanche"] = out["avalanche"]["t_min"] / out["clzoo"]["t_min"]
+    out["overhead_vs_bare"] = out["clzoo"]["t_min"] / out["bare"]["t_min"]
+    out["agreement"] = agree(out["clzoo"]["accs"], out["avalanche"]["accs"])
+    return out
+
+
+def check_same_computation(verbose: bool = True) -> dict:
+    """On a tiny digits stream: clzoo and the bare loop give bit-identical weights and accuracies (fine-tuning,
+    ER and DER), and Avalanche's Naive, fed clzoo's batch order, gives the same accuracies and weights."""
+    import numpy as np
+
+    from clzoo.engine.checkpoint import latest_checkpoint, load_checkpoint
+
+    stream = build_stream(source=load_source("digits"), n_tasks=5, train_per_task=60, test_per_task=30)
+    report = {}
+    for method in ("finetune", "er", "der"):
+        case = Case(f"check/{method}", data="digits", method=method, model=MLP, lr=0.05, buffer=40, minibatch=8,
+                    alpha=0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            c = run_clzoo(case, stream, 0, keep_dir=Path(tmp))
+            state = load_checkpoint(latest_checkpoint(tmp))["method"]
+        c_weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        b = run_bare(case, stream, 0, return_model=True)
+        b_weights = b["model"].state_dict()
+        same = all(torch.equal(c_weights[k], b_weights[k]) for k in b_weights)
+        report[f"{method}: clzoo == bare weights"] = same
+        report[f"{method}: clzoo == bare accuracies"] = np.allclose(c["per_task"], b["per_task"], atol=0)
+        if method == "finetune":
+            a = run_avalanche(case, stream, 0, return_model=True)
+            a_weights = a["model"].state_dict()
+            diff = max((a_weights[k] - b_weights[k]).abs().max().item() for k in b_weights)
+            report["finetune: avalanche max |w - w_clzoo|"] = diff
+            report["finetune: avalanche == clzoo accuracies"] = np.allclose(a["per_task"], c["per_task"], atol=1e-9)
+    if verbose:
+        for k, v in report.items():
+            print(f"  {k}: {v}")
+    return report
+
+
+def write_results(path: Path, results: list[dict], args, env: dict, quick: bool, summary: str) -> None:
+    lines = ["# Speed benchmark: clzoo vs Avalanche vs a bare PyTorch loop", ""]
+    lines += [f"Generated by `python bench/run.py {' '.join(sys.argv[1:])}`".rstrip() + f" on {env['when']}.", ""]
+    if quick:
+        lines += ["**Quick mode: reduced streams, one seed - not the reference numbers.**", ""]
+    lines += ["Machine: " + env["machine"], "", f"Software: {env['software']}", "",
+              f"Timing: torch threads = {args.threads} for every system; seeds {args.seeds}, the three systems run "
+              "interleaved for each seed (the first system rotates); each cell is the **minimum** wall time over "
+              "the seeds (median in brackets). Timed: model construction + initial evaluation + training on every "
+              "task + evaluation of every task's test set after each task. Not timed: reading data, building the "
+              "stream / Avalanche benchmark from in-memory tensors, imports (a warm-up run comes first).", "",
+              "| case | model | clzoo s | Avalanche s | bare s | speedup vs Avalanche | clzoo / bare | "
+              "acc clzoo % | acc Avalanche % | acc bare % | clzoo - Avalanche (2 SE) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["case"]
+        t = {s: f"{r[s]['t_min']:.2f} ({r[s]['t_med']:.2f})" for s in SYSTEMS}
+        a = {s: f"{100 * r[s]['acc_mean']:.2f} ± {100 * r[s]['acc_sd']:.2f}" for s in SYSTEMS}
+        diff, se, ok = r["agreement"]
+        lines.append(f"| {c.name} | {c.model_name} | {t['clzoo']} | {t['avalanche']} | {t['bare']} | "
+                     f"**{r['speedup_vs_avalanche']:.2f}x** | **{r['overhead_vs_bare']:.2f}x** | {a['clzoo']} | "
+                     f"{a['avalanche']} | {a['bare']} | {100 * diff:+.2f} ({200 * se:.2f}) {'ok' if ok else 'DIFFERS'} |")
+    lines += ["", "Per-seed wall times (s) and final accuracies (%), in seed order:", ""]
+    for r in results:
+        c = r["case"]
+        lines.append(f"- `{c.name}` ({c.method}, lr {c.lr}, batch {c.batch_size}, epochs {c.epochs}"
+                     + (f", buffer {c.buffer}, replay minibatch {c.minibatch}" if c.method != "finetune" else "")
+                     + (f", alpha {c.alpha}" if c.method == "der" else "")
+                     + f", train/test per task {c.train_per_task or 'all'}/{c.test_per_task or 'all'}, "
+                     f"data {env['data'][c.data]}):")
+        for s in SYSTEMS:
+            lines.append(f"  - {s}: times " + ", ".join(f"{x:.2f}" for x in r[s]["times"])
+                         + "; acc " + ", ".join(f"{100 * x:.2f}" for x in r[s]["accs"]))
+    lines += ["", "Accuracy agreement: final average accuracy (mean over tasks after the last task, class-IL) for "
+              "every seed, with the same hyper-parameters in both systems; 'ok' when |mean difference| <= 2 standard "
+              "errors + 0.5 point. See bench/README.md for what differs between clzoo's and Avalanche's ER / DER.",
+              "", "```", summary, "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def environment(sources: dict) -> dict:
+    import avalanche
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"when": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{cpu}, {os.cpu_count()} logical CPUs (shared with other jobs), {platform.system()}",
+            "software": f"python {platform.python_version()}, torch {torch.__version__}, "
+                        f"avalanche-lib {avalanche.__version__}",
+            "data": {k: f"{v.name} ({len(v.y_train)} train / {len(v.y_test)} test images, "
+                        f"{'x'.join(map(str, v.input_shape))} uint8)" for k, v in sources.items()}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="reduced streams and one seed (< 1 minute)")
+    p.add_argument("--check-only", action="store_true", help="only check that the systems compute the same thing")
+    p.add_argument("--data-root", default=None, help="datasets root (default: $CLZOO_DATA or ~/.cache/clzoo/data)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds = repeats (default 0 1 2; quick: 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every system (default 1)")
+    p.add_argument("--cases", nargs="+", default=None, help="run only these cases (names or substrings)")
+    p.add_argument("--out", default=None, help="results file (default bench/RESULTS.md; quick: bench/out/QUICK.md)")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+    if args.check_only:
+        report = check_same_computation()
+        ok = all(v is True or (isinstance(v, float) and v < 1e-5) for v in report.values())
+        print("check " + ("ok" if ok else "FAILED"))
+        return 0 if ok else 1
+
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    root = find_root(args.data_root)
+    sources = {"mnist": load_mnist(root), "images": load_images(root)}
+    cases = quick_cases() if args.quick else full_cases()
+    if args.cases:
+        cases = [c for c in cases if any(sel in c.name for sel in args.cases)]
+    streams = {c.name: make_stream(c, sources) for c in cases}
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log(f"data: mnist={sources['mnist'].name}, images={sources['images'].name}; threads={args.threads}; "
+        f"seeds={args.seeds}")
+    warm_up((cases[0], streams[cases[0].name]))
+
+    results = []
+    for case in cases:
+        r = run_case(case, streams[case.name], args.seeds, log)
+        results.append(r)
+        diff, se, ok = r["agreement"]
+        log(f"{case.name:20s} clzoo {r['clzoo']['t_min']:7.2f} s | avalanche {r['avalanche']['t_min']:7.2f} s | "
+            f"bare {r['bare']['t_min']:7.2f} s | speedup vs avalanche {r['speedup_vs_avalanche']:5.2f}x | "
+            f"clzoo/bare {r['overhead_vs_bare']:4.2f}x | acc clzoo {100 * r['clzoo']['acc_mean']:.2f} "
+            f"avalanche {100 * r['avalanche']['acc_mean']:.2f} bare {100 * r['bare']['acc_mean']:.2f} "
+            f"(diff {100 * diff:+.2f}, {'ok' if ok else 'DIFFERS'})")
+
+    summary = (f"speedup_vs_avalanche_min={min(r['speedup_vs_avalanche'] for r in results):.2f} "
+               f"overhead_vs_bare_max={max(r['overhead_vs_bare'] for r in results):.2f}")
+    out = Path(args.out) if args.out else (HERE / "out" / "QUICK.md" if args.quick else HERE / "RESULTS.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_results(out, results, args, environment(sources), args.quick, summary)
+    log(f"wrote {out}")
+    print(summary, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,624 @@
+"""``clzoo-leaderboard build``: the runs of every suite -> ``leaderboard/`` (README.md, results.csv,
+summary.csv, plots/, index.html).
+
+Numbers are in %, mean +- sample standard deviation (n - 1) over the seeds that have a complete run whose
+configuration hash equals the one the suite gives now (other runs are *stale* and left out, with a warning).
+Memory is what a method keeps between tasks besides the model itself (total ledger bytes minus the backbone and
+heads categories), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
+over MB (:func:`auc_trapezoid`).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..engine.checkpoint import atomic_write_text
+from .runs import DEFAULT_RUNS, cell_command, read_results, run_dir_of
+from .suite import (SETTING_LABELS, SETTINGS, Cell, Suite, SuiteError, compose_cell, config_hash, suite_hash,
+                    with_seed)
+
+MB = 2**20
+MODEL_CATEGORIES = ("backbone", "heads")
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def auc_trapezoid(xs: list[float], ys: list[float]) -> float | None:
+    """Area under the curve through the points (x, y), sorted by x, by the trapezoid rule; None below 2 points.
+    With x in MB and y in %, the area is in %·MB."""
+    pts = sorted(zip(xs, ys))
+    if len(pts) < 2:
+        return None
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:]))
+
+
+def extra_bytes(results: dict) -> int:
+    """Bytes kept between tasks besides the model: the ledger total minus its backbone and heads."""
+    cats = results["memory"]["by_category"]
+    return sum(v for k, v in cats.items() if k not in MODEL_CATEGORIES)
+
+
+def run_values(results: dict, settings: list[str], input_bytes: int | None) -> dict[str, float]:
+    """The numbers of one run that the tables aggregate (accuracies in %)."""
+    m = results["metrics"]
+    out = {}
+    for s in settings:
+        sfx = SETTINGS[s]
+        for key in ("final_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt"):
+            v = m.get(key + sfx)
+            out[f"{s}:{key}"] = math.nan if v is None else 100.0 * v
+    out["memory_mb"] = extra_bytes(results) / MB
+    out["memory_bytes"] = float(extra_bytes(results))
+    out["total_bytes"] = float(results["memory"]["total_bytes"])
+    out["exemplars"] = (results["memory"]["by_category"].get("exemplars", 0) / input_bytes) if input_bytes else math.nan
+    out["train_s"] = float(results["time"]["train_s"])
+    return out
+
+
+def accuracy_curve(matrix: list[list[float]]) -> list[float]:
+    """Average accuracy (%) on the tasks seen so far, after each task."""
+    return [100.0 * sum(row[: i + 1]) / (i + 1) for i, row in enumerate(matrix)]
+
+
+# ---------------------------------------------------------------------------------------------- collecting
+@dataclass
+class CellResult:
+    cell: Cell
+    hash: str | None
+    runs: dict[int, dict] = field(default_factory=dict)     # seed -> results.json
+    values: dict[int, dict] = field(default_factory=dict)   # seed -> run_values
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def stat(self, key: str) -> tuple[float, float]:
+        vals = [v[key] for v in self.values.values() if not math.isnan(v[key])]
+        return mean_std(vals)
+
+    def curve(self, setting: str) -> list[float]:
+        key = "acc_matrix" + ("_task_il" if setting == "task_il" else "")
+        curves = [accuracy_curve(r[key]) for r in self.runs.values()]
+        return [statistics.fmean(c[i] for c in curves) for i in range(len(curves[0]))] if curves else []
+
+
+@dataclass
+class SuiteResult:
+    suite: Suite
+    cells: list[CellResult]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_runs(self) -> int:
+        return sum(c.n for c in self.cells)
+
+    @property
+    def hash(self) -> str:
+        return suite_hash([c.hash for c in self.cells if c.hash])
+
+    def commands(self) -> list[str]:
+        seen = []
+        for c in self.cells:
+            for r in c.runs.values():
+                cmd = (r.get("leaderboard") or {}).get("command")
+                if cmd and cmd not in seen:
+                    seen.append(cmd)
+        return seen
+
+    def auc_points(self, name: str) -> list[CellResult]:
+        """The cells of ``name`` whose points make its accuracy-vs-memory curve for the AUC: its byte-budget
+        cells when the suite has byte budgets (the same memory points for every method), else all its
+        budgeted cells."""
+        budgeted = [c for c in self.cells if c.cell.name == name and c.cell.budget.kind != "none" and c.n]
+        has_bytes = any(c.cell.budget.kind in ("bytes_of", "mb") for c in self.cells)
+        if has_bytes:
+            return [c for c in budgeted if c.cell.budget.kind in ("bytes_of", "mb")]
+        return budgeted
+
+    def auc(self, name: str, setting: str) -> tuple[float | None, float, float]:
+        pts = self.auc_points(name)
+        xs = [c.stat("memory_mb")[0] for c in pts]
+        ys = [c.stat(f"{setting}:final_acc")[0] for c in pts]
+        return auc_trapezoid(xs, ys), (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
+
+
+def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
+    result = SuiteResult(suite, [])
+    shape = suite.stream_shape()
+    input_bytes = math.prod(shape[0])
+    for cell in suite.cells:
+        try:
+            base = compose_cell(suite, cell, suite.seeds[0])
+        except SuiteError as err:
+            result.warnings.append(f"{cell.id}: left out, its configuration cannot be composed now ({err})")
+            result.cells.append(CellResult(cell, None))
+            continue
+        cr = CellResult(cell, config_hash(base))
+        for seed in suite.seeds:
+            h = config_hash(with_seed(base, seed))
+            rd = run_dir_of(runs_root, suite, cell, seed)
+            r = read_results(rd)
+            if r is None:
+                continue
+            if r.get("status") != "complete":
+                result.warnings.append(f"{cell.id}/seed{seed}: left out, the run is {r.get('status')} "
+                                       f"({r.get('completed_tasks')} tasks)")
+                continue
+            rh = config_hash(r.get("config", {}))
+            if rh != h:
+                result.warnings.append(f"{cell.id}/seed{seed}: left out, stale (its configuration hash {rh} is not "
+                                       f"the suite's {h}); re-run it with clzoo-leaderboard run")
+                continue
+            cr.runs[seed] = r
+            cr.values[seed] = run_values(r, suite.settings, input_bytes)
+        result.cells.append(cr)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def fmt(mean: float, std: float | None = None, n: int = 1, digits: int = 2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or n < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_delta(mean: float, ref: float | None) -> str:
+    if ref is None or mean is None or math.isnan(mean):
+        return ""
+    return f"{mean - ref:+.2f}"
+
+
+def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a suite's main table (cells sorted by budget, then by their order in the suite)."""
+    settings = sr.suite.settings
+    first = settings[0]
+    headers = ["Cell", "Budget", "Seeds"]
+    for s in settings:
+        headers += [f"{SETTING_LABELS[s]} final", "ref", "Δ"]
+    headers += [f"Avg. incr. ({SETTING_LABELS[first]})", f"Forgetting ({SETTING_LABELS[first]})", "Memory (MB)",
+                "Exemplars", "Train (s)", "Hash"]
+    rows = []
+    order = sorted(sr.cells, key=lambda c: (c.cell.budget.sort_key(), c.cell.index))
+    for c in order:
+        mb = sr.suite.budget_mb(c.cell)
+        row = [c.cell.id, c.cell.budget.label(mb), str(c.n) if c.n else "not run"]
+        for s in settings:
+            m, sd = c.stat(f"{s}:final_acc") if c.n else (math.nan, math.nan)
+            ref = (c.cell.reference or {}).get(s)
+            row += [fmt(m, sd, c.n), "" if ref is None else f"{ref:.2f}", fmt_delta(m, ref)]
+        if c.n:
+            row += [fmt(*c.stat(f"{first}:avg_incremental_acc"), c.n), fmt(*c.stat(f"{first}:forgetting"), c.n),
+                    f"{c.stat('memory_mb')[0]:.4g}", fmt(c.stat("exemplars")[0], digits=0),
+                    fmt(*c.stat("train_s"), c.n, digits=1)]
+        else:
+            row += ["–"] * 5
+        row.append(c.hash or "?")
+        rows.append(row)
+    return headers, rows
+
+
+def auc_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
+    settings = sr.suite.settings
+    headers = ["Method (cell name)", "Memory range (MB)", "Points"] + [f"AUC {SETTING_LABELS[s]} (%·MB)"
+                                                                        for s in settings]
+    headers += [f"Mean {SETTING_LABELS[s]} over the range (%)" for s in settings]
+    rows = []
+    names = []
+    for c in sr.cells:
+        if c.cell.name not in names and c.cell.budget.kind != "none":
+            names.append(c.cell.name)
+    for name in names:
+        pts = sr.auc_points(name)
+        if len(pts) < 2:
+            continue
+        aucs = [sr.auc(name, s) for s in settings]
+        lo, hi = aucs[0][1], aucs[0][2]
+        row = [name, f"{lo:.4g} – {hi:.4g}", ", ".join(p.cell.id for p in sorted(pts, key=lambda p: p.cell.budget.sort_key()))]
+        row += [f"{a[0]:.4g}" if a[0] is not None else "–" for a in aucs]
+        row += [fmt(a[0] / (hi - lo)) if a[0] is not None and hi > lo else "–" for a in aucs]
+        rows.append(row)
+    return headers, rows
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(headers: list[str], rows: list[list[str]], numeric_from: int = 2) -> str:
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    for row in rows:
+        cells = []
+        for i, v in enumerate(row):
+            cls = ' class="num"' if i >= numeric_from else ""
+            if headers[i] == "Δ" and v:
+                cls = f' class="num {"pos" if v.startswith("+") else "neg"}"'
+            cells.append(f"<td{cls}>{html.escape(str(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _colors(names: list[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if len(names) > 10 else "tab10"]
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+
+MARKERS = "osD^vP*Xhp<>"
+
+
+def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
+    """``<suite>_acc_per_task_<setting>.png`` (one panel per budget) and ``<suite>_acc_vs_memory.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = sr.suite.name
+    done = [c for c in sr.cells if c.n]
+    if not done:
+        return []
+    names = []
+    for c in sr.cells:
+        if c.cell.name not in names:
+            names.append(c.cell.name)
+    colors = _colors(names)
+    marker = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(names)}
+    paths = []
+
+    groups: dict = {}
+    for c in sorted(done, key=lambda c: (c.cell.budget.sort_key(), c.cell.index)):
+        groups.setdefault(c.cell.budget, []).append(c)
+    T = len(done[0].curve(sr.suite.settings[0]))
+    for s in sr.suite.settings:
+        n = len(groups)
+        ncols = min(3, n)
+        nrows = math.ceil(n / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.2, 3.6 * nrows), squeeze=False,
+                                 sharey=True)
+        for ax, (budget, cells) in zip(axes.flat, groups.items()):
+            for c in cells:
+                ys = c.curve(s)
+                ax.plot(range(1, len(ys) + 1), ys, marker=marker[c.cell.name], ms=4, lw=1.6,
+                        color=colors[c.cell.name], label=c.cell.name)
+            ax.set_title(budget.group(), fontsize=10)
+            ax.set_xticks(range(1, T + 1, 1 if T <= 10 else 2))
+            ax.set_ylim(0, 101)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("tasks trained")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(f"avg. {SETTING_LABELS[s]} accuracy\non tasks seen (%)")
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        handles = [plt.Line2D([], [], color=colors[nm], marker=marker[nm], lw=1.6, label=nm) for nm in names
+                   if any(c.cell.name == nm for c in done)]
+        fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
+        fig.suptitle(f"{sr.suite.title or name}: {SETTING_LABELS[s]} accuracy after each task "
+                     f"(mean over seeds)", fontsize=11)
+        fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 0.95))
+        paths.append(out_dir / f"{name}_acc_per_task_{s}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+    budgeted = [c for c in done if c.cell.budget.kind != "none"]
+    if budgeted:
+        settings = sr.suite.settings
+        fig, axes = plt.subplots(1, len(settings), figsize=(6.2 * len(settings) + 2.6, 4.6), squeeze=False)
+        for ax, s in zip(axes[0], settings):
+            for nm in names:
+                mine = [c for c in budgeted if c.cell.name == nm]
+                if not mine:
+                    continue
+                auc_ids = {id(p) for p in sr.auc_points(nm)}
+                for kinds, style, fill in ((("samples",), "--", "none"), (("bytes_of", "mb"), "-", colors[nm])):
+                    pts = sorted((c for c in mine if c.cell.budget.kind in kinds), key=lambda c: c.stat("memory_mb")[0])
+                    if not pts:
+                        continue
+                    xs = [c.stat("memory_mb")[0] for c in pts]
+                    ys = [c.stat(f"{s}:final_acc")[0] for c in pts]
+                    es = [c.stat(f"{s}:final_acc")[1] for c in pts]
+                    ax.errorbar(xs, ys, yerr=es, color=colors[nm], ls=style, marker=marker[nm], ms=6, mfc=fill,
+                                lw=1.8 if id(pts[0]) in auc_ids else 1.0, capsize=2)
+            for c in done:
+                if c.cell.budget.kind == "none":
+                    ax.axhline(c.stat(f"{s}:final_acc")[0], color=colors[c.cell.name], ls=":", lw=1.2)
+            ax.set_xscale("log")
+            ax.set_xlabel("memory kept besides the model (MB = 2^20 bytes, log scale)")
+            ax.set_ylabel(f"final {SETTING_LABELS[s]} accuracy (%)")
+            ax.set_ylim(0, 101)
+            ax.grid(alpha=0.3, which="both")
+            ax.set_title(SETTING_LABELS[s], fontsize=10)
+        handles = []
+        for nm in names:
+            if not any(c.cell.name == nm for c in done):
+                continue
+            a = sr.auc(nm, settings[0])[0] if any(c.cell.name == nm for c in budgeted) else None
+            label = nm + (f" (AUC {a:.1f})" if a is not None else "") + \
+                ("  ···" if all(c.cell.budget.kind == "none" for c in done if c.cell.name == nm) else "")
+            handles.append(plt.Line2D([], [], color=colors[nm], marker=marker[nm], label=label,
+                                      ls=":" if label.endswith("···") else "-"))
+        handles += [plt.Line2D([], [], color="gray", ls="-", marker="s", label="byte budget (solid, filled)"),
+                    plt.Line2D([], [], color="gray", ls="--", marker="o", mfc="none", label="sample budget (dashed, hollow)"),
+                    plt.Line2D([], [], color="gray", ls=":", label="no buffer (dotted)")]
+        fig.legend(handles=handles, loc="center right", fontsize=8.5, frameon=False,
+                   title=f"AUC {SETTING_LABELS[settings[0]]}: trapezoid over MB, %·MB", title_fontsize=8.5)
+        fig.suptitle(f"{sr.suite.title or name}: accuracy versus memory (mean ± std over seeds)", fontsize=11)
+        fig.tight_layout(rect=(0, 0, 1 - 2.8 / fig.get_figwidth(), 0.94))
+        paths.append(out_dir / f"{name}_acc_vs_memory.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- files
+CSV_RUN_FIELDS = ["suite", "cell", "name", "method", "budget_kind", "budget_value", "budget_mb", "seed",
+                  "config_hash", "memory_mb", "memory_bytes", "total_bytes", "exemplars", "train_s"]
+
+
+def results_csv(results: list[SuiteResult]) -> str:
+    """One row per run; accuracies in %."""
+    buf = io.StringIO()
+    metric_keys = []
+    for sr in results:
+        for c in sr.cells:
+            for v in c.values.values():
+                metric_keys += [k for k in v if ":" in k and k not in metric_keys]
+    writer = csv.writer(buf)
+    writer.writerow(CSV_RUN_FIELDS + [k.replace(":", "_") for k in metric_keys])
+    for sr in results:
+        for c in sr.cells:
+            mb = sr.suite.budget_mb(c.cell)
+            for seed, v in sorted(c.values.items()):
+                writer.writerow([sr.suite.name, c.cell.id, c.cell.name, c.cell.method, c.cell.budget.kind,
+                                 c.cell.budget.value if c.cell.budget.value is not None else "",
+                                 "" if mb is None else repr(mb), seed, c.hash, f"{v['memory_mb']:.6f}",
+                                 int(v["memory_bytes"]), int(v["total_bytes"]),
+                                 "" if math.isnan(v["exemplars"]) else f"{v['exemplars']:g}", f"{v['train_s']:.3f}"]
+                                + ["" if math.isnan(v.get(k, math.nan)) else f"{v[k]:.4f}" for k in metric_keys])
+    return buf.getvalue()
+
+
+def summary_csv(results: list[SuiteResult]) -> str:
+    """One row per cell: mean and std over seeds, references, differences (accuracies in %)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["suite", "cell", "name", "method", "budget_kind", "budget_value", "budget_mb", "n_seeds",
+                     "config_hash", "setting", "final_acc_mean", "final_acc_std", "reference", "delta",
+                     "avg_incremental_acc_mean", "avg_incremental_acc_std", "forgetting_mean", "forgetting_std",
+                     "memory_mb", "exemplars", "train_s_mean", "train_s_std", "reference_source"])
+    for sr in results:
+        for c in sr.cells:
+            if not c.n:
+                continue
+            mb = sr.suite.budget_mb(c.cell)
+            for s in sr.suite.settings:
+                fm, fs = c.stat(f"{s}:final_acc")
+                am, asd = c.stat(f"{s}:avg_incremental_acc")
+                gm, gs = c.stat(f"{s}:forgetting")
+                ref = (c.cell.reference or {}).get(s)
+                writer.writerow([sr.suite.name, c.cell.id, c.cell.name, c.cell.method, c.cell.budget.kind,
+                                 c.cell.budget.value if c.cell.budget.value is not None else "",
+                                 "" if mb is None else repr(mb), c.n, c.hash, s, f"{fm:.4f}", f"{fs:.4f}",
+                                 "" if ref is None else ref, "" if ref is None else f"{fm - ref:.4f}",
+                                 f"{am:.4f}", f"{asd:.4f}", f"{gm:.4f}", f"{gs:.4f}",
+                                 f"{c.stat('memory_mb')[0]:.6f}", f"{c.stat('exemplars')[0]:g}",
+                                 f"{c.stat('train_s')[0]:.3f}", f"{c.stat('train_s')[1]:.3f}",
+                                 c.cell.source or ""])
+    return buf.getvalue()
+
+
+LEGEND = (
+    "Numbers are percentages, **mean ± sample standard deviation (n − 1) over seeds**. *final*: mean over all tasks "
+    "of the accuracy after the last task. *Avg. incr.*: mean over tasks of the average accuracy on the tasks seen "
+    "so far. *Forgetting*: mean over all tasks but the last of best minus final accuracy. *Memory*: bytes a method "
+    "keeps between tasks besides the model (exemplars as uint8, their labels / task ids / logits, teacher copies, "
+    "importance weights, ...), MB = 2^20 bytes; *Exemplars*: stored inputs. *Train*: seconds of training per run "
+    "(all tasks, one CPU thread unless the run says otherwise). *ref*: the published number; *Δ* = ours − ref. "
+    "*Hash*: the configuration hash of the cell's run with {seed0} seed (execution settings such as the data "
+    "folder, device, threads and logging are not part of it). The AUC is "
+    "the area under accuracy versus memory, **trapezoid rule over MB**, in %·MB.")
+
+
+def _relpath(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def suite_markdown(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
+    s = sr.suite
+    lines = [f"## {s.title or s.name}", ""]
+    if s.description:
+        lines += [s.description.strip(), ""]
+    lines += [f"- Suite: `{_relpath(s.path)}` — stream `{s.stream}`, seeds {', '.join(map(str, s.seeds))}"
+              + (f", common overrides `{' '.join(s.common)}`" if s.common else "") + ".",
+              f"- Configuration hash of this table: `{sr.hash}` (over the cells' hashes in the last column).",
+              f"- Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete."]
+    cmds = sr.commands()
+    if cmds:
+        lines.append("- Produced by: " + "; ".join(f"`{c}`" for c in cmds) + ", then `clzoo-leaderboard build`.")
+    else:
+        lines.append(f"- Produce it with `clzoo-leaderboard run {_relpath(s.path)}` then `clzoo-leaderboard build`.")
+    sources = []
+    for c in s.cells:
+        if c.source and c.source not in sources:
+            sources.append(c.source)
+    if sources:
+        lines.append("- Published references (*ref*): " + "; ".join(sources) + ".")
+    lines += ["", md_table(*table_rows(sr)), ""]
+    notes = []
+    for c in s.cells:
+        if c.note and (c.name, c.note) not in notes:
+            notes.append((c.name, c.note))
+    for nm, note in notes:
+        lines.append(f"- *{nm}*: {note}")
+    if notes:
+        lines.append("")
+    ah, ar = auc_rows(sr)
+    if ar:
+        lines += ["Area under accuracy versus memory (trapezoid rule over MB; byte-budget cells where the suite has "
+                  "them, so every method is measured at the same memory points):", "", md_table(ah, ar), ""]
+    for p in plots:
+        lines += [f"![{p.stem}]({_relpath_to(p, out_dir)})", ""]
+    if sr.warnings:
+        lines += ["<details><summary>Runs left out</summary>", ""] + [f"- {w}" for w in sr.warnings] + ["", "</details>", ""]
+    lines += ["<details><summary>The clzoo-run command of each cell (seed " + str(s.seeds[0])
+              + "; add <code>data.root=DIR</code> for real datasets)</summary>", ""]
+    lines += [f"- `{c.id}` (`{config_hash_of(sr, c)}`): `{cell_command(s, c)}`" for c in s.cells]
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def config_hash_of(sr: SuiteResult, cell: Cell) -> str:
+    for c in sr.cells:
+        if c.cell is cell:
+            return c.hash or "?"
+    return "?"
+
+
+def _relpath_to(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(path)
+
+
+HTML_STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1500px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 2.2em; border-bottom: 2px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.8em 0 1.2em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; }
+th { background: #f2f4f7; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.pos { color: #176b24; } td.neg { color: #a31818; }
+tr:nth-child(even) td { background: #fafbfc; }
+code { background: #f4f4f4; padding: 1px 4px; border-radius: 3px; font-size: 12.5px; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
+.legend { font-size: 13px; color: #444; max-width: 1100px; }
+ul.meta { font-size: 14px; } details { font-size: 13px; margin: 0.5em 0; }
+"""
+
+
+def suite_html(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
+    s = sr.suite
+    e = html.escape
+    parts = [f'<h2 id="{e(s.name)}">{e(s.title or s.name)}</h2>']
+    if s.description:
+        parts.append(f"<p>{e(s.description.strip())}</p>")
+    meta = [f"Suite: <code>{e(_relpath(s.path))}</code> — stream <code>{e(s.stream)}</code>, seeds "
+            f"{e(', '.join(map(str, s.seeds)))}" + (f", common overrides <code>{e(' '.join(s.common))}</code>"
+                                                     if s.common else ""),
+            f"Configuration hash of this table: <code>{sr.hash}</code> (over the cells' hashes in the last column)",
+            f"Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete"]
+    cmds = sr.commands()
+    if cmds:
+        meta.append("Produced by: " + "; ".join(f"<code>{e(c)}</code>" for c in cmds)
+                    + ", then <code>clzoo-leaderboard build</code>")
+    sources = []
+    for c in s.cells:
+        if c.source and c.source not in sources:
+            sources.append(c.source)
+    if sources:
+        meta.append("Published references (ref): " + e("; ".join(sources)))
+    parts.append("<ul class='meta'>" + "".join(f"<li>{m}</li>" for m in meta) + "</ul>")
+    parts.append(html_table(*table_rows(sr), numeric_from=3))
+    notes = []
+    for c in s.cells:
+        if c.note and (c.name, c.note) not in notes:
+            notes.append((c.name, c.note))
+    if notes:
+        parts.append("<ul class='legend'>" + "".join(f"<li><i>{e(n)}</i>: {e(t)}</li>" for n, t in notes) + "</ul>")
+    ah, ar = auc_rows(sr)
+    if ar:
+        parts.append("<p class='legend'>Area under accuracy versus memory (trapezoid rule over MB; byte-budget cells "
+                     "where the suite has them, so every method is measured at the same memory points):</p>")
+        parts.append(html_table(ah, ar, numeric_from=1))
+    for p in plots:
+        parts.append(f'<img src="{e(_relpath_to(p, out_dir))}" alt="{e(p.stem)}">')
+    if sr.warnings:
+        parts.append("<details><summary>Runs left out</summary><ul>" + "".join(f"<li>{e(w)}</li>" for w in sr.warnings)
+                     + "</ul></details>")
+    parts.append(f"<details><summary>The clzoo-run command of each cell (seed {s.seeds[0]}; add "
+                 "<code>data.root=DIR</code> for real datasets)</summary><ul>"
+                 + "".join(f"<li><code>{e(c.id)}</code> (<code>{config_hash_of(sr, c)}</code>): "
+                           f"<code>{e(cell_command(s, c))}</code></li>" for c in s.cells) + "</ul></details>")
+    return "\n".join(parts)
+
+
+def build(suite_paths: list[str | Path], runs_root: str | Path = DEFAULT_RUNS, out_dir: str | Path = "leaderboard",
+          echo=print) -> list[SuiteResult]:
+    """Regenerate ``out_dir`` (README.md, results.csv, summary.csv, plots/, index.html) from the runs."""
+    from .suite import load_suite
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir = out_dir / "plots"
+    results = [collect(load_suite(p), runs_root) for p in suite_paths]
+    md = ["# clzoo leaderboard", "",
+          "Generated by `clzoo-leaderboard build` from the runs under "
+          f"`{_relpath(runs_root)}/<suite>/<cell>/seed<k>/results.json`; do not edit by hand. Suites live in "
+          "`experiments/`; `clzoo-leaderboard run experiments/<suite>.yaml` fills missing runs. Machine-readable: "
+          "[results.csv](results.csv) (one row per run) and [summary.csv](summary.csv) (one row per cell and "
+          "setting); the same tables with plots: [index.html](index.html).", "",
+          LEGEND.format(seed0="the first"), ""]
+    body_html = []
+    toc = []
+    for sr in results:
+        for w in sr.warnings:
+            echo(f"warning: {sr.suite.name}: {w}")
+        if not sr.n_runs:
+            md += [f"## {sr.suite.title or sr.suite.name}", "",
+                   f"Not run yet: `clzoo-leaderboard run {_relpath(sr.suite.path)}`.", ""]
+            body_html.append(f'<h2 id="{html.escape(sr.suite.name)}">{html.escape(sr.suite.title or sr.suite.name)}'
+                             f"</h2><p>Not run yet: <code>clzoo-leaderboard run {html.escape(_relpath(sr.suite.path))}"
+                             "</code></p>")
+            continue
+        plots = plot_suite(sr, plots_dir)
+        toc.append(sr)
+        md.append(suite_markdown(sr, plots, out_dir))
+        body_html.append(suite_html(sr, plots, out_dir))
+        echo(f"{sr.suite.name}: {sr.n_runs} runs in {sum(1 for c in sr.cells if c.n)} cells, hash {sr.hash}")
+    atomic_write_text(out_dir / "README.md", "\n".join(md).rstrip() + "\n")
+    atomic_write_text(out_dir / "results.csv", results_csv(results))
+    atomic_write_text(out_dir / "summary.csv", summary_csv(results))
+    nav = " · ".join(f'<a href="#{html.escape(sr.suite.name)}">{html.escape(sr.suite.title or sr.suite.name)}</a>'
+                     for sr in toc)
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>clzoo leaderboard</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n<h1>clzoo leaderboard</h1>\n"
+            f"<p>{nav}</p>\n<p class='legend'>{_md_to_html(LEGEND.format(seed0='the first'))}</p>\n"
+            "<p class='legend'>Machine-readable: <a href='results.csv'>results.csv</a> (one row per run), "
+            "<a href='summary.csv'>summary.csv</a> (one row per cell and setting). Generated by "
+            "<code>clzoo-leaderboard build</code>.</p>\n" + "\n".join(body_html) + "\n</body></html>\n")
+    atomic_write_text(out_dir / "index.html", page)
+    return results
+
+
+def _md_to_html(text: str) -> str:
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)

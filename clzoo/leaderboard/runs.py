@@ -1,0 +1,212 @@
+"""Planning and executing a suite's runs.
+
+Every cell x seed has a fixed folder ``<runs>/<suite>/<cell-id>/seed<k>/``. A run whose ``results.json`` is
+complete and whose configuration hash equals the one the suite gives now is *done* and skipped; any other is
+(re-)run. Runs execute one per process through a Hydra multirun of :mod:`clzoo.leaderboard.job`, so any Hydra
+launcher works: joblib locally (``-j N``), submitit on Slurm (``--launcher submitit_slurm``); ``-j 1`` without
+a launcher runs them one after the other in this process.
+
+After a run completes, its checkpoints are deleted; what stays (``results.json``, ``metrics.csv``,
+``run.log``) is small, and ``leaderboard/runs/.gitignore`` keeps only results.json and metrics.csv in git.
+``results.json`` gets a ``leaderboard`` entry: suite, cell, the hash (:func:`~clzoo.leaderboard.suite.config_hash`),
+threads, device and the command that ran it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .suite import Cell, Suite, SuiteError, compose_cell, config_hash, with_seed
+
+DEFAULT_RUNS = Path("leaderboard") / "runs"
+KEEP = ("results.json", "metrics.csv", "run.log")
+
+
+@dataclass
+class PlannedRun:
+    suite: Suite
+    cell: Cell
+    seed: int
+    run_dir: Path
+    config: dict
+    hash: str
+    status: str  # done | pending (no results) | partial | stale (other configuration) | failed (error.txt)
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell.id}/seed{self.seed}"
+
+
+def run_dir_of(runs_root: str | Path, suite: Suite, cell: Cell, seed: int) -> Path:
+    return Path(runs_root) / suite.name / cell.id / f"seed{seed}"
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_status(run_dir: Path, expected_hash: str) -> str:
+    results = read_results(run_dir)
+    if results is not None:
+        if config_hash(results.get("config", {})) != expected_hash:
+            return "stale"
+        return "done" if results.get("status") == "complete" else "partial"
+    if (Path(run_dir) / "error.txt").is_file():
+        return "failed"
+    return "pending"
+
+
+def plan(suite: Suite, runs_root: str | Path = DEFAULT_RUNS, data_root: str | None = None,
+         only: list[str] | None = None, cells: list[str] | None = None, seeds: list[int] | None = None) -> list[PlannedRun]:
+    """Every run of the selected cells and seeds, with its configuration and status."""
+    if seeds:
+        missing = [s for s in seeds if s not in suite.seeds]
+        if missing:
+            raise SuiteError(f"{suite.path}: seed(s) {missing} are not among the suite's seeds {suite.seeds}")
+    planned = []
+    for cell in suite.select(only, cells):
+        base = compose_cell(suite, cell, suite.seeds[0], data_root)
+        for seed in seeds or suite.seeds:
+            cfg = with_seed(base, seed)
+            h = config_hash(cfg)
+            rd = run_dir_of(runs_root, suite, cell, seed)
+            planned.append(PlannedRun(suite, cell, seed, rd, cfg, h, run_status(rd, h)))
+    return planned
+
+
+def cell_command(suite: Suite, cell: Cell, seed: int | None = None) -> str:
+    """The clzoo-run command that computes one run of ``cell`` (add data.root=... for real datasets)."""
+    seed = suite.seeds[0] if seed is None else seed
+    return "clzoo-run " + " ".join(shlex.quote(o) for o in suite.overrides(cell, seed))
+
+
+# ------------------------------------------------------------------------------------------- execution
+def job_entry(p: PlannedRun, threads: int | None, device: str | None, command: str) -> dict:
+    """What one job needs (JSON-serialisable): the configuration, where to write, how to execute."""
+    return {"suite": p.suite.name, "cell": p.cell.id, "seed": p.seed, "run_dir": str(p.run_dir.resolve()),
+            "config": p.config, "hash": p.hash, "fresh": p.status in ("stale", "failed"), "threads": threads,
+            "device": device, "command": command}
+
+
+def _clear(run_dir: Path) -> None:
+    if run_dir.is_dir():
+        for child in run_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def execute(entry: dict, echo=None) -> dict:
+    """Run one job into its folder; never raises (a failure leaves ``error.txt``). Returns a short summary."""
+    import torch
+
+    from ..engine.checkpoint import atomic_write_text, latest_checkpoint
+    from ..engine.runner import ResumeError, resolve_device, run
+
+    run_dir = Path(entry["run_dir"])
+    if entry.get("fresh"):
+        _clear(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    cfg = json.loads(json.dumps(entry["config"]))
+    cfg["log"] = {**(cfg.get("log") or {}), "tensorboard": False, "plots": False, "progress": False,
+                  "keep_checkpoints": 1}
+    if entry.get("device"):
+        cfg["trainer"]["device"] = entry["device"]
+    threads = entry.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+        cfg["trainer"]["num_threads"] = int(threads)
+    label = f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
+    started = time.perf_counter()
+    with open(run_dir / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {entry['command']}", flush=True)
+        try:
+            cfg["resume"] = latest_checkpoint(run_dir) is not None  # an interrupted run continues
+            try:
+                results = run(cfg, run_dir, show_progress=False)
+            except ResumeError as err:
+                print(f"cannot resume ({err}); starting again", flush=True)
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                cfg["resume"] = False
+                results = run(cfg, run_dir, show_progress=False)
+        except Exception as err:  # noqa: BLE001 - recorded, reported by the caller; other runs go on
+            traceback.print_exc(file=log)
+            atomic_write_text(run_dir / "error.txt", f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            summary = {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                       "seconds": time.perf_counter() - started}
+            _echo(echo, f"FAILED {label}: {summary['error']} (see {run_dir / 'error.txt'})")
+            return summary
+    results["leaderboard"] = {"suite": entry["suite"], "cell": entry["cell"], "config_hash": entry["hash"],
+                              "threads": threads or torch.get_num_threads(),
+                              "device": str(resolve_device(cfg["trainer"].get("device", "auto"))),
+                              "command": entry["command"]}
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    if results.get("status") == "complete":
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    m = results["metrics"]
+    summary = {"label": label, "status": results.get("status"), "seconds": time.perf_counter() - started,
+               "final_acc": m["final_acc"], "final_acc_task_il": m["final_acc_task_il"]}
+    _echo(echo, f"done {label}: final accuracy {100 * m['final_acc']:.2f}% class-IL, "
+                f"{100 * m['final_acc_task_il']:.2f}% task-IL ({summary['seconds']:.1f} s)")
+    return summary
+
+
+def _echo(echo, line: str) -> None:
+    (echo or (lambda s: print(s, file=sys.__stderr__, flush=True)))(line)
+
+
+def launch(entries: list[dict], n_jobs: int = 1, launcher: str | None = None, hydra_overrides: list[str] = (),
+           launch_dir: str | Path | None = None, echo=None) -> None:
+    """Execute ``entries``: in this process (``n_jobs == 1`` and no launcher) or as a Hydra multirun of
+    :mod:`clzoo.leaderboard.job` with ``hydra/launcher=<launcher>`` (joblib when ``n_jobs > 1``)."""
+    if not entries:
+        return
+    if n_jobs <= 1 and not launcher and not hydra_overrides:
+        for entry in entries:
+            execute(entry, echo)
+        return
+    launcher = launcher or "joblib"
+    launch_dir = Path(launch_dir or Path(entries[0]["run_dir"]).parents[1] / "_launch" / time.strftime("%Y%m%d-%H%M%S"))
+    launch_dir = launch_dir.resolve()
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = launch_dir / "plan.json"
+    plan_path.write_text(json.dumps({"jobs": entries}))
+    cmd = [sys.executable, "-m", "clzoo.leaderboard.job", "--multirun", f"plan={plan_path}",
+           f"job=range(0,{len(entries)})", f"hydra.sweep.dir={launch_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+           f"hydra/launcher={launcher}"]
+    if launcher == "joblib":
+        cmd.append(f"hydra.launcher.n_jobs={max(n_jobs, 1)}")
+    cmd += list(hydra_overrides)
+    _echo(echo, f"launching {len(entries)} runs: {' '.join(shlex.quote(c) for c in cmd)}")
+    env = dict(os.environ)
+    env.setdefault("MPLBACKEND", "Agg")
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the Hydra multirun exited with status {proc.returncode}; its logs are in {launch_dir}")
+
+
+def warm_data(planned: list[PlannedRun]) -> None:
+    """Load each dataset once before parallel jobs start, so they do not race to write the decoded cache."""
+    from ..data.sources import load_source
+
+    seen = set()
+    for p in planned:
+        s, d = p.config["stream"], p.config.get("data", {})
+        key = (s["dataset"], str(d.get("root")), str(s.get("path")))
+        if key not in seen:
+            seen.add(key)
+            load_source(s["dataset"], d.get("root"), bool(d.get("download", False)), s.get("path"))

@@ -1,0 +1,116 @@
+"""Batched augmentation (clzoo.data.augment): random crop after zero padding, horizontal flip, normalisation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from clzoo.data.augment import BatchTransform, random_crop, random_hflip
+
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2615]
+
+
+def _images(n: int, c: int = 3, h: int = 8, w: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 256, (n, c, h, w), dtype=torch.uint8, generator=g)  # no zeros: padding stays visible
+
+
+def _window_offsets(out: torch.Tensor, x: torch.Tensor, p: int) -> list[tuple[int, int]]:
+    """For each sample, the (dy, dx) of the window of the zero-padded input it equals (fails if none)."""
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    found = []
+    for i in range(len(x)):
+        hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                if torch.equal(out[i], padded[i, :, dy:dy + h, dx:dx + w])]
+        assert hits, f"sample {i} is not a window of its zero-padded input"
+        found.append(hits[0])
+    return found
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_random_crop_is_a_shifted_window_of_the_zero_padded_input(dtype):
+    torch.manual_seed(0)
+    p = 2
+    x = _images(400).to(dtype)
+    out = random_crop(x, p)
+    assert out.shape == x.shape and out.dtype == dtype
+    offsets = _window_offsets(out, x, p)
+    # every shift in [0, 2p] x [0, 2p] occurs (including the extremes, which show the zero border)
+    assert set(offsets) == {(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)}
+    # channels of one sample share one shift: checked by comparing whole (C, H, W) windows above
+
+
+def test_crop_in_the_transform_pads_with_zeros_before_normalising():
+    torch.manual_seed(1)
+    x = _images(200, h=6, w=6)
+    out = BatchTransform(crop_padding=3)(x)  # no normalisation: output = cropped x / 255
+    assert out.dtype == torch.float32
+    _window_offsets((out * 255).round().to(torch.uint8), x, 3)
+    assert (out == 0).any(), "shifted windows must show the zero padding"
+
+
+def test_hflip_flips_about_half_and_only_flips():
+    torch.manual_seed(0)
+    x = _images(2000, h=4, w=5)
+    out = random_hflip(x)
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert (same | flipped).all()
+    assert not (same & flipped).any()  # no image here is left-right symmetric
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+def test_normalisation_matches_torchvision_normalize():
+    from torchvision.transforms import Normalize
+
+    x = _images(16, h=32, w=32)
+    ours = BatchTransform(MEAN, STD)(x)
+    reference = Normalize(MEAN, STD)(x.float() / 255.0)
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=0)
+    # evaluation transform: same normalisation, no randomness
+    train = BatchTransform(MEAN, STD, crop_padding=4, hflip=True)
+    evaluate = train.without_augmentation()
+    assert not evaluate.augments and torch.equal(evaluate(x), ours)
+    # float input in [0, 1] is taken as already scaled
+    assert torch.allclose(BatchTransform(MEAN, STD)(x.float() / 255.0), reference, atol=1e-6, rtol=0)
+
+
+def test_full_cifar_transform_on_uint8():
+    torch.manual_seed(0)
+    x = _images(64, h=32, w=32)
+    out = BatchTransform(MEAN, STD, crop_padding=4, hflip=True)(x)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    # undo the normalisation: each sample is a (possibly flipped) window of its zero-padded input
+    raw = (out * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)) * 255
+    raw = raw.round().clamp(0, 255).to(torch.uint8)
+    flipped_back = raw.flip(-1)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(raw[i], w) or torch.equal(flipped_back[i], w) for w in windows), i
+
+
+class _CountTorchCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _calls(transform, batch: int) -> int:
+    x = _images(batch, h=32, w=32)
+    with _CountTorchCalls() as counter:
+        transform(x)
+    return counter.calls
+
+
+def test_no_per_sample_python():
+    """The work is batched: the number of torch calls does not grow with the batch size."""
+    transform = BatchTransform(MEAN, STD, crop_padding=4, hflip=True)
+    small, large = _calls(transform, 2), _calls(transform, 512)
+    assert small == large and small < 100

@@ -1,0 +1,294 @@
+"""clzoo-leaderboard: suite validation, running a tiny suite (parallel, then skipping finished runs), building the
+leaderboard (tables equal to hand-computed statistics, CSV, plots, page), the AUC, and the two-sided check."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clzoo.leaderboard.build import auc_trapezoid
+from clzoo.leaderboard.check import Comparison, compare
+from clzoo.leaderboard.cli import main
+from clzoo.leaderboard.suite import SuiteError, er_buffer_bytes, load_suite, parse_suite
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "title": "Tiny digits",
+    "stream": "split_digits",
+    "common": ["stream.train_per_task=60", "stream.test_per_task=30", "trainer.epochs=1",
+               "trainer.optimizer.lr=0.05"],
+    "seeds": [0, 1],
+    "settings": ["class_il", "task_il"],
+    "reference_source": "made up for the test",
+    "cells": [
+        {"method": "finetune", "reference": {"class_il": 20.0, "task_il": 90.0}},
+        {"method": "er", "overrides": ["method.minibatch_size=10"], "buffers": [20], "equal_bytes": [20, 40],
+         "reference": {20: {"class_il": 50.0}}},
+    ],
+}
+
+
+def _suite(tmp_path: Path, data: dict, name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def _bad(**changes) -> dict:
+    data = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+def _bad_cell(**changes) -> dict:
+    cell = {"method": "er", "buffers": [20]}
+    cell.update(changes)
+    return _bad(cells=[cell])
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "a suite is a mapping"),
+    (_bad(stream=None), "missing required key 'stream'"),
+    (_bad(cells=None), "missing required key 'cells'"),
+    (_bad(colour="red"), "unknown key(s) colour"),
+    (_bad(seeds=[0, 0]), "seeds: has duplicates"),
+    (_bad(seeds="0,1"), "seeds: must be a non-empty list"),
+    (_bad(settings=["class_il", "online"]), "settings: must be a non-empty list"),
+    (_bad(common="trainer.epochs=2"), "common: must be a list of overrides"),
+    (_bad(common=["seed=3"]), "seeds come from the suite's 'seeds' list"),
+    (_bad(common=["data.root=/x"]), "execution setting"),
+    (_bad(common=["trainer.epochs"]), "is not an override of the form key=value"),
+    (_bad(cells=[]), "cells: must be a non-empty list"),
+    (_bad(cells=[{"buffers": [20]}]), "cells[0]: must be a mapping with at least 'method'"),
+    (_bad_cell(buffer=[20]), "cells[0] (method er): unknown key(s) buffer"),
+    (_bad_cell(buffers=[0, 20]), "buffers: must be a non-empty list of positive integers"),
+    (_bad_cell(buffers=[20, 20]), "buffers: has duplicates"),
+    (_bad_cell(overrides=["method=der"]), "the method is the cell's 'method'"),
+    (_bad_cell(name="er-fast"), "no '-'"),
+    (_bad_cell(per_buffer={50: ["method.minibatch_size=32"]}), "50 is neither in buffers"),
+    (_bad_cell(reference={50: {"class_il": 80.0}}), "50 is not one of the cell's sample buffers"),
+    (_bad_cell(reference={20: {"domain_il": 80.0}}), "unknown setting 'domain_il'"),
+    (_bad_cell(reference={20: {"class_il": 180.0}}), "is not an accuracy in %"),
+    (_bad_cell(reference={"class_il": 80.0}), "gives its references by buffer size"),
+    (_bad(cells=[{"method": "er", "buffers": [20]}, {"method": "er", "buffers": [20, 40]}]),
+     "two cells have the id 'er-b20'"),
+])
+def test_suite_validation_errors(data, message):
+    with pytest.raises(SuiteError) as info:
+        parse_suite(data, "experiments/bad.yaml")
+    assert message in str(info.value), str(info.value)
+    assert str(info.value).startswith("experiments/bad.yaml")
+
+
+def test_suite_expands_cells_and_overrides(tmp_path):
+    suite = load_suite(_suite(tmp_path, TINY))
+    assert [c.id for c in suite.cells] == ["finetune", "er-b20", "er-bytes20", "er-bytes40"]
+    assert suite.cell("finetune").reference == {"class_il": 20.0, "task_il": 90.0}
+    assert suite.cell("er-b20").reference == {"class_il": 50.0}
+    assert suite.cell("er-bytes20").reference is None
+    # equal bytes: what ER's buffer of N digits takes (64 pixels + int16 label + int16 task id, + 16 bytes)
+    assert er_buffer_bytes(20, (1, 8, 8), 10) == 20 * 68 + 16
+    mb = (40 * 68 + 16) / 2**20
+    assert suite.overrides(suite.cell("er-bytes40"), 1) == [
+        "stream=split_digits", "method=er", *TINY["common"], "method.minibatch_size=10", f"budget.mb={mb!r}",
+        "seed=1"]
+    assert suite.overrides(suite.cell("er-b20"))[-1] == "method.buffer.capacity=20"
+    with pytest.raises(SuiteError, match="no cell 'er-b500'"):
+        suite.cell("er-b500")
+
+
+def test_validate_reports_cells_that_do_not_compose(tmp_path, capsys):
+    data = _bad(cells=[{"method": "er", "overrides": ["method.no_such_option=1"]}])
+    assert main(["validate", str(_suite(tmp_path, data))]) == 2
+    err = capsys.readouterr().err
+    assert "cell er does not compose" in err and "method.no_such_option=1" in err
+
+
+@pytest.mark.parametrize("suite", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_suites_are_valid(suite):
+    s = load_suite(suite)
+    assert s.cells and s.seeds
+
+
+# ------------------------------------------------------------------------------------------------ AUC
+def test_auc_trapezoid_by_hand():
+    # points (MB, %): (0.1, 80), (0.5, 90), (1.0, 95): 0.4 * (80 + 90) / 2 + 0.5 * (90 + 95) / 2 = 34 + 46.25
+    assert auc_trapezoid([0.5, 0.1, 1.0], [90.0, 80.0, 95.0]) == pytest.approx(80.25)
+    assert auc_trapezoid([0.2], [50.0]) is None
+    assert auc_trapezoid([0.0, 2.0], [10.0, 10.0]) == pytest.approx(20.0)
+
+
+def test_comparison_is_two_sided():
+    base = {"metrics": {"final_acc": 0.80, "final_acc_task_il": 0.95}, "memory": {"total_bytes": 100}}
+    up = {"metrics": {"final_acc": 0.815, "final_acc_task_il": 0.95}, "memory": {"total_bytes": 100}}
+    down = {"metrics": {"final_acc": 0.785, "final_acc_task_il": 0.95}, "memory": {"total_bytes": 100}}
+    for new, word in ((up, "above"), (down, "below")):
+        rows = {c.metric: c for c in compare(base, new, 1.0, "x/seed0")}
+        assert not rows["final_acc"].ok and word in rows["final_acc"].describe()
+        assert rows["final_acc_task_il"].ok and rows["memory.total_bytes"].ok
+    assert all(c.ok for c in compare(base, base, 0.0))
+    assert Comparison("r", "m", 80.0, 80.9, 1.0).ok and not Comparison("r", "m", 80.0, 81.1, 1.0).ok
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Run the tiny suite: finetune and ER (2 methods x 2 seeds) in parallel with -j 2, then the equal-byte cells
+    in this process; return the paths and the mtimes after the first pass."""
+    from clzoo.data import load_source
+
+    root = tmp_path_factory.mktemp("lb")
+    data = root / "data"
+    load_source("digits", data)  # decoded once: the job processes skip importing scikit-learn
+    suite = _suite(root, TINY)
+    runs = root / "runs"
+    common = ["--runs", str(runs), "--data-root", str(data)]
+    assert main(["run", str(suite), *common, "-j", "2", "--cells", "finetune", "er-b20"]) == 0
+    first = {p: p.stat().st_mtime_ns for p in runs.glob("tiny/*/seed*/results.json")}
+    assert main(["run", str(suite), *common, "--cells", "er-bytes20", "er-bytes40"]) == 0
+    return {"root": root, "suite": suite, "runs": runs, "data": data, "common": common, "first": first}
+
+
+def _results(runs: Path, cell: str) -> dict[int, dict]:
+    return {int(p.parent.name[4:]): json.loads(p.read_text()) for p in sorted(runs.glob(f"tiny/{cell}/seed*/results.json"))}
+
+
+def test_run_creates_one_folder_per_cell_and_seed(tiny_runs):
+    runs = tiny_runs["runs"] / "tiny"
+    assert len(tiny_runs["first"]) == 4  # the parallel pass: finetune and er-b20 x seeds 0, 1
+    for cell in ("finetune", "er-b20", "er-bytes20", "er-bytes40"):
+        for seed in (0, 1):
+            d = runs / cell / f"seed{seed}"
+            r = json.loads((d / "results.json").read_text())
+            assert r["status"] == "complete" and r["seed"] == seed
+            assert r["leaderboard"]["cell"] == cell and r["leaderboard"]["threads"] == 1
+            assert (d / "metrics.csv").is_file()
+            assert not (d / "checkpoints").exists() and not (d / "tensorboard").exists()
+    # the same bytes as ER's buffer of 20 samples give ER exactly 20 samples: the same run as er-b20
+    b20, bytes20 = _results(tiny_runs["runs"], "er-b20"), _results(tiny_runs["runs"], "er-bytes20")
+    for seed in (0, 1):
+        assert bytes20[seed]["memory"]["by_category"]["exemplars"] == 20 * 64
+        assert bytes20[seed]["acc_matrix"] == b20[seed]["acc_matrix"]
+    assert _results(tiny_runs["runs"], "er-bytes40")[0]["memory"]["by_category"]["exemplars"] == 40 * 64
+
+
+def test_second_run_skips_finished_runs(tiny_runs, capsys):
+    assert main(["run", str(tiny_runs["suite"]), *tiny_runs["common"], "-j", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "8 runs selected: 8 done; 0 to run" in out
+    for path, mtime in tiny_runs["first"].items():
+        assert path.stat().st_mtime_ns == mtime
+
+
+def test_changed_configuration_is_stale(tiny_runs, tmp_path, capsys):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_runs["runs"], runs)
+    p = runs / "tiny" / "finetune" / "seed0" / "results.json"
+    r = json.loads(p.read_text())
+    r["config"]["trainer"]["optimizer"]["lr"] = 0.5
+    p.write_text(json.dumps(r))
+    assert main(["run", str(tiny_runs["suite"]), "--runs", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "7 done, 1 stale" in out and "stale    finetune/seed0" in out
+
+
+def _row(readme: str, cell: str) -> list[str]:
+    for line in readme.splitlines():
+        if line.startswith(f"| {cell} |"):
+            return [c.strip() for c in line.strip().strip("|").split("|")]
+    raise AssertionError(f"no row for {cell}")
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def test_build_tables_equal_hand_statistics(tiny_runs):
+    out = tiny_runs["root"] / "board"
+    assert main(["build", str(tiny_runs["suite"]), "--runs", str(tiny_runs["runs"]), "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    header = _row(readme.replace("| Cell |", "| HEADER |"), "HEADER")
+    col = {h: i for i, h in enumerate(header)}
+    for cell in ("finetune", "er-b20", "er-bytes20", "er-bytes40"):
+        rs = list(_results(tiny_runs["runs"], cell).values())
+        row = _row(readme, cell)
+        assert row[col["Seeds"]] == "2"
+        assert row[col["Class-IL final"]] == _ms([100 * r["metrics"]["final_acc"] for r in rs])
+        assert row[col["Task-IL final"]] == _ms([100 * r["metrics"]["final_acc_task_il"] for r in rs])
+        assert row[col["Avg. incr. (Class-IL)"]] == _ms([100 * r["metrics"]["avg_incremental_acc"] for r in rs])
+        assert row[col["Forgetting (Class-IL)"]] == _ms([100 * r["metrics"]["forgetting"] for r in rs])
+        extra = [sum(v for k, v in r["memory"]["by_category"].items() if k not in ("backbone", "heads")) for r in rs]
+        assert row[col["Memory (MB)"]] == f"{statistics.fmean(extra) / 2**20:.4g}"
+        assert row[-1] == rs[0]["leaderboard"]["config_hash"]  # seed 0's
+    # the published reference and our difference beside it
+    ft = _row(readme, "finetune")
+    mean = statistics.fmean(100 * r["metrics"]["final_acc"] for r in _results(tiny_runs["runs"], "finetune").values())
+    assert ft[col["Class-IL final"] + 1] == "20.00" and ft[col["Class-IL final"] + 2] == f"{mean - 20.0:+.2f}"
+    assert "clzoo-leaderboard run" in readme and "Configuration hash of this table" in readme
+    assert "made up for the test" in readme
+
+    # AUC of ER over its byte-budget cells, by hand
+    pts = []
+    for cell in ("er-bytes20", "er-bytes40"):
+        rs = list(_results(tiny_runs["runs"], cell).values())
+        x = statistics.fmean(sum(v for k, v in r["memory"]["by_category"].items() if k not in ("backbone", "heads"))
+                             for r in rs) / 2**20
+        pts.append((x, statistics.fmean(100 * r["metrics"]["final_acc"] for r in rs)))
+    auc = (pts[1][0] - pts[0][0]) * (pts[0][1] + pts[1][1]) / 2
+    assert _row(readme, "er")[3] == f"{auc:.4g}"
+
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    for row in rows:
+        r = _results(tiny_runs["runs"], row["cell"])[int(row["seed"])]
+        assert float(row["class_il_final_acc"]) == pytest.approx(100 * r["metrics"]["final_acc"], abs=1e-4)
+        assert float(row["task_il_final_acc"]) == pytest.approx(100 * r["metrics"]["final_acc_task_il"], abs=1e-4)
+    assert (out / "summary.csv").read_text().count("\n") == 1 + 4 * 2  # header + cells x settings
+    for png in ("tiny_acc_per_task_class_il.png", "tiny_acc_per_task_task_il.png", "tiny_acc_vs_memory.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="plots/tiny_acc_vs_memory.png"' in page
+    assert _ms([100 * r["metrics"]["final_acc"] for r in _results(tiny_runs["runs"], "er-b20").values()]) in page
+
+
+def test_check_passes_and_fails_both_ways(tiny_runs, tmp_path, capsys):
+    import shutil
+
+    suite, common = str(tiny_runs["suite"]), ["--data-root", str(tiny_runs["data"])]
+    assert main(["check", suite, "--runs", str(tiny_runs["runs"]), *common, "--cells", "er-b20", "--seeds", "0",
+                 "--tolerance", "0.5"]) == 0
+    assert "check passed" in capsys.readouterr().out
+
+    runs = tmp_path / "runs"  # perturb copies of the committed results: seed 0 up, seed 1 down, by 1.5 pp
+    shutil.copytree(tiny_runs["runs"], runs)
+    for seed, delta in ((0, 0.015), (1, -0.015)):
+        p = runs / "tiny" / "er-b20" / f"seed{seed}" / "results.json"
+        r = json.loads(p.read_text())
+        r["metrics"]["final_acc"] += delta
+        p.write_text(json.dumps(r))
+    assert main(["check", suite, "--runs", str(runs), *common, "--cells", "er-b20", "--tolerance", "1.0"]) == 1
+    out = capsys.readouterr().out
+    fails = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 2, out
+    assert any("er-b20/seed0 final_acc" in ln and "-1.50 pp, below" in ln for ln in fails), fails
+    assert any("er-b20/seed1 final_acc" in ln and "+1.50 pp, above" in ln for ln in fails), fails
+    assert "check FAILED" in out
+
+
+def test_check_needs_committed_results(tiny_runs, capsys):
+    assert main(["check", str(tiny_runs["suite"]), "--runs", str(tiny_runs["root"] / "nothing"), "--cells", "er-b20",
+                 "--tolerance", "1"]) == 2
+    assert "no committed result" in capsys.readouterr().err
