@@ -17,6 +17,10 @@ BUILTINS = sorted(p.stem for p in CONF.glob("*.yaml"))
 # what the kit needs beyond the defaults: small buffers for the tiny stream, a conv backbone for CLR
 KIT_ARGS = {
     "clr": {"model": {"_target_": "clzoo.models.reduced_resnet18", "nf": 4}},
+    # penalty weights inside SGD's stability limit on the tiny stream (its importances are larger than Seq-MNIST's)
+    "ewc": {"lambda_": 10.0},
+    "oewc": {"lambda_": 10.0},
+    "mas": {"lambda_": 0.01},
 }
 
 

@@ -163,6 +163,12 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
             cr.runs[seed] = r
             cr.values[seed] = run_values(r, suite.settings, input_bytes)
         result.cells.append(cr)
+    folder = Path(runs_root) / suite.name
+    ids = {c.id for c in suite.cells}
+    if folder.is_dir():
+        for d in sorted(folder.iterdir()):
+            if d.is_dir() and not d.name.startswith("_") and d.name not in ids and any(d.glob("seed*/results.json")):
+                result.warnings.append(f"{d.name}: left out, no such cell in {suite.path} (delete {d} if it is gone)")
     return result
 
 
@@ -185,9 +191,10 @@ def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a suite's main table (cells sorted by budget, then by their order in the suite)."""
     settings = sr.suite.settings
     first = settings[0]
+    refs = any(c.cell.reference for c in sr.cells)  # no ref / Δ columns in a suite without published numbers
     headers = ["Cell", "Budget", "Seeds"]
     for s in settings:
-        headers += [f"{SETTING_LABELS[s]} final", "ref", "Δ"]
+        headers += [f"{SETTING_LABELS[s]} final"] + (["ref", "Δ"] if refs else [])
     headers += [f"Avg. incr. ({SETTING_LABELS[first]})", f"Forgetting ({SETTING_LABELS[first]})", "Memory (MB)",
                 "Exemplars", "Train (s)", "Hash"]
     rows = []
@@ -198,7 +205,7 @@ def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
         for s in settings:
             m, sd = c.stat(f"{s}:final_acc") if c.n else (math.nan, math.nan)
             ref = (c.cell.reference or {}).get(s)
-            row += [fmt(m, sd, c.n), "" if ref is None else f"{ref:.2f}", fmt_delta(m, ref)]
+            row += [fmt(m, sd, c.n)] + (["" if ref is None else f"{ref:.2f}", fmt_delta(m, ref)] if refs else [])
         if c.n:
             row += [fmt(*c.stat(f"{first}:avg_incremental_acc"), c.n), fmt(*c.stat(f"{first}:forgetting"), c.n),
                     f"{c.stat('memory_mb')[0]:.4g}", fmt(c.stat("exemplars")[0], digits=0),
@@ -257,11 +264,23 @@ def html_table(headers: list[str], rows: list[list[str]], numeric_from: int = 2)
 
 
 # ---------------------------------------------------------------------------------------------- plots
-def _colors(names: list[str]) -> dict[str, tuple]:
-    import matplotlib
+# tab10, then further colours that stay distinct from it (tab20's paler twins would pair up with tab10's)
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#00008b", "#b8860b", "#ff1493", "#2f4f4f", "#7cfc00", "#800000", "#4682b4"]
 
-    cmap = matplotlib.colormaps["tab20" if len(names) > 10 else "tab10"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+def _colors(names: list[str]) -> dict[str, str]:
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+
+
+def _ylim(values: list[float]) -> tuple[float, float]:
+    """A y range that shows the spread: from a little below the lowest value (at least 0) to 100."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return 0.0, 101.0
+    low = min(vals)
+    pad = max(2.0, 0.05 * (100.0 - low))
+    return max(0.0, low - pad), 100.0 + 0.25 * pad
 
 
 MARKERS = "osD^vP*Xhp<>"
@@ -297,6 +316,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
         nrows = math.ceil(n / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.2, 3.6 * nrows), squeeze=False,
                                  sharey=True)
+        lo, hi = _ylim([v for cells in groups.values() for c in cells for v in c.curve(s)])
         for ax, (budget, cells) in zip(axes.flat, groups.items()):
             for c in cells:
                 ys = c.curve(s)
@@ -304,7 +324,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
                         color=colors[c.cell.name], label=c.cell.name)
             ax.set_title(budget.group(), fontsize=10)
             ax.set_xticks(range(1, T + 1, 1 if T <= 10 else 2))
-            ax.set_ylim(0, 101)
+            ax.set_ylim(lo, hi)
             ax.grid(alpha=0.3)
             ax.set_xlabel("tasks trained")
         for ax in axes[:, 0]:
@@ -343,10 +363,18 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
             for c in done:
                 if c.cell.budget.kind == "none":
                     ax.axhline(c.stat(f"{s}:final_acc")[0], color=colors[c.cell.name], ls=":", lw=1.2)
-            ax.set_xscale("log")
-            ax.set_xlabel("memory kept besides the model (MB = 2^20 bytes, log scale)")
+            xs_all = [c.stat("memory_mb")[0] for c in budgeted if c.stat("memory_mb")[0] > 0]
+            log_x = bool(xs_all) and max(xs_all) / min(xs_all) > 20
+            if log_x:
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("memory kept besides the model (MB = 2^20 bytes" + (", log scale)" if log_x else ")"))
             ax.set_ylabel(f"final {SETTING_LABELS[s]} accuracy (%)")
-            ax.set_ylim(0, 101)
+            ax.set_ylim(*_ylim([c.stat(f"{s}:final_acc")[0] - c.stat(f"{s}:final_acc")[1] for c in done]))
             ax.grid(alpha=0.3, which="both")
             ax.set_title(SETTING_LABELS[s], fontsize=10)
         handles = []
@@ -354,7 +382,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
             if not any(c.cell.name == nm for c in done):
                 continue
             a = sr.auc(nm, settings[0])[0] if any(c.cell.name == nm for c in budgeted) else None
-            label = nm + (f" (AUC {a:.1f})" if a is not None else "") + \
+            label = nm + (f" (AUC {a:.4g})" if a is not None else "") + \
                 ("  ···" if all(c.cell.budget.kind == "none" for c in done if c.cell.name == nm) else "")
             handles.append(plt.Line2D([], [], color=colors[nm], marker=marker[nm], label=label,
                                       ls=":" if label.endswith("···") else "-"))
@@ -586,6 +614,7 @@ def build(suite_paths: list[str | Path], runs_root: str | Path = DEFAULT_RUNS, o
           LEGEND.format(seed0="the first"), ""]
     body_html = []
     toc = []
+    results = sorted(results, key=lambda sr: sr.n_runs == 0)  # suites with runs first, then the others
     for sr in results:
         for w in sr.warnings:
             echo(f"warning: {sr.suite.name}: {w}")

@@ -1,7 +1,8 @@
 """Parameter importance and the quadratic anchor penalty shared by EWC, online EWC, SI and MAS.
 
-Every estimator returns one flat vector over the parameters it is given (the order of
-:func:`param_vector`), so a method keeps its importance and anchor as two flat buffers of ``P`` floats each.
+Every estimator returns one flat vector over the model's trainable parameters, in the order of
+:func:`regularized_parameters` / :func:`param_vector`, so a method keeps its importance and anchor as two flat
+buffers of ``P`` floats each.
 
 * :func:`fisher_diagonal` - diagonal Fisher information (EWC, Kirkpatrick et al. 2017; online EWC, Schwarz et
   al. 2018), from per-sample gradients of the log-likelihood computed with ``torch.func`` (``vmap`` over samples).

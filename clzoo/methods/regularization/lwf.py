@@ -27,7 +27,9 @@ class LwF(Method):
     def __init__(self, model, ctx, alpha: float = 1.0, temperature: float = 2.0, warmup_epochs: int | None = None):
         super().__init__(model, ctx)
         self.alpha, self.temperature = alpha, temperature
-        self.warmup_epochs = ctx.epochs if warmup_epochs is None else warmup_epochs
+        if warmup_epochs is None:  # as long as the task's training; none online, where each sample is seen once
+            warmup_epochs = 0 if ctx.stream.online else ctx.epochs
+        self.warmup_epochs = warmup_epochs
         self.teacher = self.frozen_copy()
 
     def train(self, mode: bool = True):
