@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -393,8 +393,10 @@ def run_avalanche(case: Case, stream, seed: int, bench=None, return_model: bool 
     t0, c0 = time.perf_counter(), time.process_time()
     seed_everything(seed)
     model = build_model(case.model, stream)
-    strategy = avalanche_strategy(case, model)
-    with contextlib.redirect_stderr(io.StringIO()):  # Avalanche's own deprecation warnings
+    # silence Avalanche's own warnings (deprecations, "no loggers"): it prints some whatever the filters say
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        strategy = avalanche_strategy(case, model)
         strategy.eval(bench.test_stream)  # the initial evaluation clzoo and the bare loop also do
         for exp in bench.train_stream:
             strategy.train(exp, shuffle=not same_order)
@@ -469,7 +471,7 @@ def check_same_computation(verbose: bool = True) -> dict:
 
     from clzoo.engine.checkpoint import latest_checkpoint, load_checkpoint
 
-    stream = build_stream(source=load_source("digits"), n_tasks=5, train_per_task=60, test_per_task=30)
+    stream = build_stream(source=load_source("digits"), n_tasks=5, train_per_task=40, test_per_task=30)
     report = {}
     for method in ("finetune", "er", "der"):
         case = Case(f"check/{method}", data="digits", method=method, model=MLP, lr=0.05, buffer=40, minibatch=8,

@@ -62,8 +62,10 @@ def seed_everything(seed: int) -> None:
 def config_hash(config: dict) -> str:
     """A short stable hash of a run's configuration (what the results depend on)."""
     relevant = {k: v for k, v in config.items() if k not in ("resume", "log", "hydra")}
-    if isinstance(relevant.get("trainer"), dict):  # how far a run goes is not part of what it computes
-        relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k != "max_tasks"}
+    if isinstance(relevant.get("trainer"), dict):
+        # how far a run goes, where it runs and how it logs are not part of what it computes
+        ignored = ("max_tasks", "device", "num_threads", "log_every", "eval_batch_size")
+        relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k not in ignored}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
