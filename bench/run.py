@@ -201,8 +201,13 @@ def _crop_flip(x: torch.Tensor, padding: int) -> torch.Tensor:
                         for img, (i, j), f in zip(padded, offsets, flips)])
 
 
-def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
-    """A plain PyTorch loop doing clzoo's work: same model, init, batch order, replay batches and losses."""
+def run_bare(case: Case, stream, seed: int, return_model: bool = False, end_of_task: bool = False) -> dict:
+    """A plain PyTorch loop doing clzoo's work: same model, init, batch order, replay batches and losses.
+
+    ``end_of_task`` (ER only) switches to Avalanche's replay schedule instead: the buffer is only updated after a
+    task (the task's samples offered to the reservoir then), so there is no replay during the first task and
+    task t replays tasks < t only. Used to check that this schedule explains the accuracy gap to Avalanche's ER.
+    """
     aug = case.augment or {}
     mean = torch.tensor(aug["mean"]).view(1, -1, 1, 1) if aug.get("mean") else None
     std = torch.tensor(aug["std"]).view(1, -1, 1, 1) if aug.get("std") else None
@@ -245,6 +250,7 @@ def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
         buf_y = torch.zeros(cap, dtype=torch.long)
         buf_z = torch.zeros(cap, stream.n_classes) if case.method == "der" else None
         n_seen = 0
+    n_before = 0  # samples seen before the current task (end_of_task schedule)
     evaluate(0)
     model.train()
     for task in stream.tasks:
@@ -264,8 +270,8 @@ def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
                         loss = loss + case.alpha * F.mse_loss(model(prepare(buf_x[j], True)), buf_z[j])
                 else:
                     inputs, labels = prepare(x, True), y
-                    if replay and n_seen:
-                        j = torch.randperm(min(n_seen, cap))[:case.minibatch]
+                    if replay and (n_before if end_of_task else n_seen):
+                        j = torch.randperm(min(n_before if end_of_task else n_seen, cap))[:case.minibatch]
                         inputs = torch.cat([inputs, prepare(buf_x[j], True)])
                         labels = torch.cat([labels, buf_y[j]])
                     logits = model(inputs)
@@ -274,7 +280,7 @@ def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
                 loss.backward()
                 opt.step()
                 loss.item()
-                if replay:  # reservoir sampling (Vitter's algorithm R), vectorised over the batch
+                if replay and not end_of_task:  # reservoir sampling (Vitter's algorithm R), vectorised
                     pos = n_seen + torch.arange(len(y))
                     slots = torch.where(pos < cap, pos, (torch.rand(len(y)) * (pos + 1)).long())
                     keep = slots < cap
@@ -283,6 +289,15 @@ def run_bare(case: Case, stream, seed: int, return_model: bool = False) -> dict:
                     if buf_z is not None:
                         buf_z[s] = logits.detach()[:len(y)][keep]
                     n_seen += len(y)
+        if replay and end_of_task:  # the whole task offered to the reservoir at its end
+            for b in range(0, n, case.batch_size):
+                x, y = x_all[b:b + case.batch_size], y_all[b:b + case.batch_size]
+                pos = n_seen + torch.arange(len(y))
+                slots = torch.where(pos < cap, pos, (torch.rand(len(y)) * (pos + 1)).long())
+                keep = slots < cap
+                buf_x[slots[keep]], buf_y[slots[keep]] = x[keep], y[keep]
+                n_seen += len(y)
+            n_before = n_seen
         acc = evaluate(stream.classes_seen(task.id))
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {"time": elapsed, "cpu": cpu, "acc": sum(acc) / len(acc), "per_task": acc}
@@ -415,7 +430,13 @@ def run_avalanche_pil(case: Case, stream, seed: int) -> dict:
     return run_avalanche(case, stream, seed, pil=True)
 
 
-RUNNERS = {"clzoo": run_clzoo, "avalanche": run_avalanche, "bare": run_bare, "avalanche-pil": run_avalanche_pil}
+def run_bare_end_of_task(case: Case, stream, seed: int) -> dict:
+    """The bare loop with Avalanche's ER schedule (buffer updated at task ends; see run_bare)."""
+    return run_bare(case, stream, seed, end_of_task=True)
+
+
+RUNNERS = {"clzoo": run_clzoo, "avalanche": run_avalanche, "bare": run_bare, "avalanche-pil": run_avalanche_pil,
+           "bare-avalanche-schedule": run_bare_end_of_task}
 
 
 def warm_up() -> None:
