@@ -76,6 +76,7 @@ class Case:
     test_per_task: int | None = None
     augment: dict | None = None    # clzoo stream.augment (mean/std/crop_padding/hflip)
     stock_avalanche: bool = False  # also time Avalanche with its stock SplitMNIST per-sample pipeline
+    accuracy_systems: tuple = ()   # extra systems run for the accuracy comparison only (untimed)
 
     @property
     def model_name(self) -> str:
@@ -99,7 +100,7 @@ def full_cases() -> list[Case]:
                   train_per_task=200, test_per_task=100)
     return [
         Case("seq-mnist/finetune", method="finetune", lr=0.1, **mnist),
-        Case("seq-mnist/er", method="er", lr=0.1, minibatch=10, **mnist),
+        Case("seq-mnist/er", method="er", lr=0.1, minibatch=10, accuracy_systems=("bare-avalanche-schedule",), **mnist),
         Case("seq-mnist/der", method="der", lr=0.03, minibatch=128, alpha=1.0, **mnist),
         Case("images/er", method="er", minibatch=10, **images),
     ]
@@ -458,20 +459,25 @@ def agree(a: list[float], b: list[float]) -> tuple[float, float, bool]:
     return diff, se, abs(diff) <= 2 * se + 0.005
 
 
-def run_case(case: Case, stream, seeds: list[int], log) -> dict:
-    """Every system once per seed, interleaved (the first system rotates from seed to seed)."""
-    systems = list(SYSTEMS) + (["avalanche-pil"] if case.stock_avalanche else [])
-    runs = {s: [] for s in systems}
-    for k, seed in enumerate(seeds):
-        for name in systems[k % len(systems):] + systems[:k % len(systems)]:
+def run_case(case: Case, stream, seeds: list[int], log, acc_seeds: list[int] = ()) -> dict:
+    """Every system once per seed, interleaved (the first system rotates from seed to seed); then, for the
+    accuracy comparison only (untimed), clzoo and Avalanche (and the case's extra systems) on ``acc_seeds``."""
+    timed = list(SYSTEMS) + (["avalanche-pil"] if case.stock_avalanche else [])
+    extra = list(case.accuracy_systems)
+    runs = {s: [] for s in timed + extra}
+    passes = [(seed, timed[k % len(timed):] + timed[:k % len(timed)] + extra) for k, seed in enumerate(seeds)]
+    passes += [(seed, ["clzoo", "avalanche"] + extra) for seed in acc_seeds]
+    for seed, names in passes:
+        for name in names:
             r = RUNNERS[name](case, stream, seed)
             runs[name].append(r)
-            log(f"  {case.name:20s} seed {seed} {name:13s} wall {r['time']:8.2f} s  cpu {r['cpu']:8.2f} s  "
+            log(f"  {case.name:20s} seed {seed} {name:23s} wall {r['time']:8.2f} s  cpu {r['cpu']:8.2f} s  "
                 f"acc {100 * r['acc']:6.2f}%")
-    out = {"case": case, "seeds": seeds, "systems": systems}
-    for name in systems:
+    out = {"case": case, "seeds": seeds, "acc_seeds": list(acc_seeds), "systems": timed, "extra": extra}
+    for name in timed + extra:
         accs = [r["acc"] for r in runs[name]]
-        out[name] = {"wall": [r["time"] for r in runs[name]], "cpu": [r["cpu"] for r in runs[name]], "accs": accs,
+        times = runs[name][:len(seeds)]  # the timed passes come first
+        out[name] = {"wall": [r["time"] for r in times], "cpu": [r["cpu"] for r in times], "accs": accs,
                      "acc_mean": statistics.mean(accs), "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
         for kind in ("wall", "cpu"):
             out[name][f"{kind}_min"] = min(out[name][kind])

@@ -17,35 +17,18 @@ diverges once lr * lambda * max(Omega) > 1: the DER-paper Seq-MNIST protocol (lr
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from ..base import Method
-from ..parts.importance import mas_importance, param_vector, quadratic_penalty, regularized_parameters, warn_if_stiff
+from ..parts.anchored import AnchoredMethod
+from ..parts.importance import mas_importance
 from ..registry import register_method
 
 
 @register_method("mas")
-class MAS(Method):
+class MAS(AnchoredMethod):
     def __init__(self, model, ctx, lambda_: float = 1.0):
-        super().__init__(model, ctx)
-        self.lambda_ = lambda_
-        n = param_vector(regularized_parameters(model)).numel()
-        self.register_buffer("importance", torch.zeros(n))  # Omega, summed over tasks
-        self.register_buffer("anchor", torch.zeros(n))      # theta* after the last task
-        self.memory_categories = {"importance": "importance", "anchor": "importance"}
-
-    def observe(self, x, y, task_id):
-        loss = F.cross_entropy(self.model(self.augment(x)), y)
-        if task_id > 0:
-            theta = param_vector(regularized_parameters(self.model))
-            loss = loss + self.lambda_ * quadratic_penalty(theta, self.importance, self.anchor)
-        return self.step(loss)
+        super().__init__(model, ctx, lambda_)
 
     def end_task(self, task):
         self.model.eval()
         omega = mas_importance(self.model, task.x_train.to(self.device), transform=self.preprocess)
         self.model.train()
-        self.importance.add_(omega)
-        self.anchor.copy_(param_vector(regularized_parameters(self.model)).detach())
-        warn_if_stiff(self, self.importance, self.lambda_)
+        self.consolidate(omega)  # importances add up over tasks

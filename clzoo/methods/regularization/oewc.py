@@ -14,36 +14,20 @@ DER-paper Seq-MNIST settings: lambda 90, gamma 1.0, lr 0.03.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from ..base import Method
-from ..parts.importance import fisher_diagonal, param_vector, quadratic_penalty, regularized_parameters, warn_if_stiff
+from ..parts.anchored import AnchoredMethod
+from ..parts.importance import fisher_diagonal
 from ..registry import register_method
 
 
 @register_method("oewc")
-class OnlineEWC(Method):
+class OnlineEWC(AnchoredMethod):
     def __init__(self, model, ctx, lambda_: float = 90.0, gamma: float = 1.0, fisher: str = "weighted"):
-        super().__init__(model, ctx)
-        self.lambda_, self.gamma, self.fisher = lambda_, gamma, fisher
-        n = param_vector(regularized_parameters(model)).numel()
-        self.register_buffer("importance", torch.zeros(n))  # running Fisher F
-        self.register_buffer("anchor", torch.zeros(n))      # theta* after the last task
-        self.memory_categories = {"importance": "importance", "anchor": "importance"}
-
-    def observe(self, x, y, task_id):
-        loss = F.cross_entropy(self.model(self.augment(x)), y)
-        if task_id > 0:
-            theta = param_vector(regularized_parameters(self.model))
-            loss = loss + self.lambda_ * quadratic_penalty(theta, self.importance, self.anchor)
-        return self.step(loss)
+        super().__init__(model, ctx, lambda_)
+        self.gamma, self.fisher = gamma, fisher
 
     def end_task(self, task):
         self.model.eval()
         fisher = fisher_diagonal(self.model, task.x_train.to(self.device), task.y_train.to(self.device),
                                  mode=self.fisher, transform=self.preprocess)
         self.model.train()
-        self.importance.mul_(self.gamma).add_(fisher)
-        self.anchor.copy_(param_vector(regularized_parameters(self.model)).detach())
-        warn_if_stiff(self, self.importance, self.lambda_)
+        self.consolidate(fisher, decay=self.gamma)  # F <- gamma * F + F_task
