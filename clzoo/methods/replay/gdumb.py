@@ -12,8 +12,10 @@ runs each module's ``reset_parameters()`` under that seed (without disturbing th
 model restarts from the same weights at every task and a resumed run restarts from them too. Modules without
 ``reset_parameters`` keep their weights.
 
-Defaults follow Avalanche's Split-MNIST GDumb baseline (continual-learning-baselines): 10 epochs, batch 16,
-plain SGD at ``trainer.optimizer`` (``fit_lr`` overrides its learning rate); no CutMix or cosine schedule.
+Defaults: batch 16 and plain SGD at ``trainer.optimizer`` (``fit_lr`` overrides its learning rate), as Avalanche's
+Split-MNIST GDumb baseline (continual-learning-baselines), which trains 10 epochs on a 4,400-sample memory; with a
+500-sample memory 10 epochs (320 steps) under-train and vary by seed (Seq-MNIST, lr 0.1: 76.97 / 85.31 / 85.31
+class-IL over seeds 0-2), so the default is 30 epochs (84.94 / 86.19 / 86.01). No CutMix or cosine schedule.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..registry import register_method
 
 @register_method("gdumb")
 class GDumb(Method):
-    def __init__(self, model, ctx, buffer: dict | int | str = 500, fit_epochs: int = 10, fit_batch_size: int = 16,
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, fit_epochs: int = 30, fit_batch_size: int = 16,
                  fit_lr: float | None = None):
         super().__init__(model, ctx)
         self.fit_epochs, self.fit_batch_size, self.fit_lr = fit_epochs, fit_batch_size, fit_lr
