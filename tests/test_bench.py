@@ -40,3 +40,20 @@ def test_agreement_statistic():
     assert diff == pytest.approx(0.0) and se > 0 and ok
     diff, se, ok = bench.agree([0.90, 0.91, 0.90], [0.80, 0.81, 0.80])
     assert diff == pytest.approx(0.1) and not ok
+
+
+def test_avalanche_stock_pipeline_gives_the_tensor_pipelines_values():
+    """Avalanche's stock (PIL) input path and its tensor path feed the network the same numbers, so only their
+    cost differs: grey images -> x / 255; RGB evaluation -> normalised x / 255."""
+    pytest.importorskip("PIL")
+    import torch
+
+    bench = load_bench()
+    grey = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    assert torch.allclose(bench._StockPipeline(None, False, 28)(grey), grey.float() / 255)
+    rgb = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    aug = bench.IMAGE_AUG
+    mean, std = torch.tensor(aug["mean"]).view(3, 1, 1), torch.tensor(aug["std"]).view(3, 1, 1)
+    assert torch.allclose(bench._StockPipeline(aug, False, 32)(rgb), (rgb.float() / 255 - mean) / std, atol=1e-6)
+    train = bench._StockPipeline(aug, True, 32)(rgb)  # cropped (zero padding) and maybe flipped: same shape
+    assert train.shape == (3, 32, 32)

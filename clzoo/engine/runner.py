@@ -98,6 +98,16 @@ def _versions() -> dict:
             "torchvision": torchvision.__version__, "hydra": hydra.__version__, "platform": sys.platform}
 
 
+#: training-loss points held back before they go to TensorBoard in one burst (see train_task)
+LOG_BURST = 100
+
+
+def _write_losses(writer, pending: list) -> None:
+    for step, value, walltime in pending:
+        writer.add_scalar("train/loss", value, step, walltime=walltime)
+    pending.clear()
+
+
 def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool) -> None:
     trainer = cfg["trainer"]
     online = bool(cfg["stream"].get("online", False))
@@ -111,23 +121,33 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
     bar = tqdm(total=epochs * steps_per_epoch, desc=f"task {task.id}", disable=None if show_progress else True,
                leave=False, mininterval=0.5, dynamic_ncols=True)
     started, seen = time.perf_counter(), 0
-    for epoch in range(epochs):
-        order = torch.randperm(n, device=device)
-        for b in range(steps_per_epoch):
-            idx = order[b * bs:(b + 1) * bs]
-            loss = method.observe(x_all[idx], y_all[idx], task.id)
-            step = progress["step"]
-            value = check_finite(loss, task.id, step)
-            progress["step"] = step + 1
-            seen += len(idx)
-            if writer is not None and step % log_every == 0:
-                writer.add_scalar("train/loss", value, step)
-            if show_progress:
-                bar.update(1)
-                if b % 20 == 0:
-                    bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
-                                    epoch=epoch)
-    bar.close()
+    # loss points are written to TensorBoard in bursts of LOG_BURST (with the time each was taken) and at the end:
+    # one add_scalar per point wakes TensorBoard's writer thread every time, which slowed small-model CPU
+    # training by ~10-15% (bench/); the events written are the same
+    pending: list = []
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, device=device)
+            for b in range(steps_per_epoch):
+                idx = order[b * bs:(b + 1) * bs]
+                loss = method.observe(x_all[idx], y_all[idx], task.id)
+                step = progress["step"]
+                value = check_finite(loss, task.id, step)
+                progress["step"] = step + 1
+                seen += len(idx)
+                if writer is not None and step % log_every == 0:
+                    pending.append((step, value, time.time()))
+                    if len(pending) >= LOG_BURST:
+                        _write_losses(writer, pending)
+                if show_progress:
+                    bar.update(1)
+                    if b % 20 == 0:
+                        bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
+                                        epoch=epoch)
+    finally:
+        if writer is not None:
+            _write_losses(writer, pending)
+        bar.close()
 
 
 def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
