@@ -20,6 +20,8 @@ class ContinualModel(nn.Module):
         super().__init__()
         self.backbone = tag_memory(backbone, "backbone")
         self.head = tag_memory(nn.Linear(backbone.out_features, n_classes), "heads")
+        if hasattr(backbone, "init_head"):  # a backbone whose recipe also initialises the classifier (MLP: xavier)
+            backbone.init_head(self.head)
 
     @property
     def n_classes(self) -> int:

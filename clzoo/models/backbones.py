@@ -13,7 +13,7 @@ import torch.nn.functional as F
 class MLP(nn.Module):
     """Fully connected ReLU network on flattened input (the DER paper's MNIST net is ``hidden_sizes=[100, 100]``)."""
 
-    def __init__(self, input_shape: Sequence[int], hidden_sizes: Sequence[int] = (100, 100), init: str = "default"):
+    def __init__(self, input_shape: Sequence[int], hidden_sizes: Sequence[int] = (100, 100), init: str = "xavier"):
         super().__init__()
         if init not in ("default", "xavier"):
             raise ValueError(f"unknown MLP init '{init}'; choose default (PyTorch's) or xavier (mammoth's MNIST MLP)")
@@ -23,11 +23,16 @@ class MLP(nn.Module):
             width = h
         self.net = nn.Sequential(*layers)
         self.out_features = width
-        if init == "xavier":  # Xavier-uniform weights, zero biases, as the DER paper's MNIST network
-            for layer in self.net:
-                if isinstance(layer, nn.Linear):
-                    nn.init.xavier_uniform_(layer.weight)
-                    nn.init.zeros_(layer.bias)
+        self.init = init
+        for layer in self.net:
+            self.init_head(layer)
+
+    def init_head(self, layer: nn.Module) -> None:
+        """``xavier``: Xavier-uniform weights and zero biases, as the DER paper's MNIST network (mammoth initialises
+        every linear layer so, the classifier too); ``default`` keeps PyTorch's initialisation."""
+        if self.init == "xavier" and isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x):
         return self.net(x)
