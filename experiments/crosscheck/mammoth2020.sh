@@ -15,7 +15,8 @@
 # exemplars iCaRL trains on are blank. The fixed tree scales by 255 first. Needs torch, torchvision, numpy,
 # Pillow and quadprog (mammoth imports GEM at start-up). The results are appended to OUT_DIR/results.txt, one
 # line per run: "<tree> <dataset> <model> <buffer> seed<k>: Accuracy for N task(s): [Class-IL]: .. [Task-IL]: ..".
-# Environment: SEEDS="0 1 2" (default), PART=seq|perm|all (default all), JOBS=2 (runs in parallel).
+# Environment: SEEDS="0 1 2" (default), PART=seq|perm|all (default all), JOBS=2 (runs in parallel),
+# ONLY=<regex> keeps the runs whose "TREE DATASET MODEL BUFFER SEED" line matches (e.g. ONLY=" agem ").
 # The committed log of the run the leaderboard notes cite: experiments/crosscheck/mammoth2020_results.txt.
 set -euo pipefail
 MAMMOTH_GIT=${1:?usage: mammoth2020.sh MAMMOTH_GIT_DIR DATA_ROOT [OUT_DIR]}
@@ -57,12 +58,14 @@ specs() {  # one "TREE DATASET MODEL BUFFER SEED" per line; PART=seq|perm|all pi
       for model in sgd lwf si; do echo "as_published seq-mnist $model - $seed"; done
       for buffer in 200 500 5120; do
         echo "as_published seq-mnist icarl $buffer $seed"; echo "icarl_fixed seq-mnist icarl $buffer $seed"
+        echo "as_published seq-mnist agem $buffer $seed"
       done
     fi
     if [ "${PART:-all}" != seq ]; then
       for model in sgd ewc_on; do echo "as_published perm-mnist $model - $seed"; done
+      echo "as_published perm-mnist agem 5120 $seed"
     fi
   done
 }
 # JOBS runs in parallel (default 2); online EWC on perm-mnist takes the longest (its Fisher is per sample)
-specs | xargs -P "${JOBS:-2}" -L 1 bash -c 'run "$@"' _
+specs | grep -E -- "${ONLY:-.}" | xargs -P "${JOBS:-2}" -L 1 bash -c 'run "$@"' _

@@ -7,11 +7,11 @@ does not increase to first order:
 
     g~ = g - (g . g_ref / g_ref . g_ref) g_ref
 
-Episodic memory (the original rule, not mammoth's): the memory of M samples is split evenly over the T tasks
-of the stream (task t owns ``(t+1)M//T - tM//T`` slots, so every slot is used); at the end of a task its slots
-are filled with a random, class-balanced subset of that task's training data, and they are never overwritten.
-(Mammoth's ``agem.end_task`` stores a single minibatch of the task instead of M/T samples.) The memory is
-empty during the first task, which is therefore plain SGD.
+Episodic memory (the original rule): the memory of M samples is split evenly over the T tasks of the stream
+(task t owns ``(t+1)M//T - tM//T`` slots, so every slot is used); at the end of a task its slots are filled
+with a random, class-balanced subset of that task's training data, and they are never overwritten. (Mammoth's
+``agem.end_task`` stores the first shuffled batch of size M//T of the task: as many samples, not balanced over
+classes.) The memory is empty during the first task, which is therefore plain SGD.
 
 Defaults: the DER paper's Seq-MNIST arguments (reference batch 128, ``trainer.optimizer.lr=0.1``).
 """
