@@ -150,8 +150,12 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
         bar.close()
 
 
-def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
-    """Run one configuration into ``run_dir`` and return the results dict (also written as results.json)."""
+def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, observer=None) -> dict:
+    """Run one configuration into ``run_dir`` and return the results dict (also written as results.json).
+
+    ``observer(method, task_id)``, if given, is called once the method is built (``task_id=None``) and after every
+    task, when its checkpoint is written (the conformance kit inspects the method there).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_cfg = cfg.get("log", {}) or {}
@@ -176,6 +180,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
+    if observer is not None:
+        observer(method, None)
     ledger0 = measure(method, budget.count_model, budget.bytes)
     budget.check(ledger0, "before training")
 
@@ -216,9 +222,11 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
-            method.start_task(task)
-            train_task(method, task, cfg, device, writer, progress, show_progress)
-            method.end_task(task)
+            # methods see the task without its test data, less the validation split they ask for
+            seen_task = task.training_view(getattr(method, "validation_fraction", 0.0), seed)
+            method.start_task(seen_task)
+            train_task(method, seen_task, cfg, device, writer, progress, show_progress)
+            method.end_task(seen_task)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time = time.perf_counter() - t0
@@ -248,6 +256,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
             save_checkpoint(run_dir, task.id, method.state_dict(), progress,
                             keep_last=int(log_cfg.get("keep_checkpoints") or 0))
+            if observer is not None:
+                observer(method, task.id)
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
                               [lg["total_bytes"] for lg in progress["ledgers"]])
     finally:
