@@ -94,6 +94,10 @@ class Method(nn.Module):
     #: fraction of every class of a task's training data the engine holds out as ``task.x_val`` / ``task.y_val``
     #: (seeded, stratified) and does not train on; a class attribute or an instance value set in ``__init__``
     validation_fraction: float = 0.0
+    #: names (attribute paths from the method, e.g. ``"scratch"``) of tensors deliberately kept outside
+    #: ``state_dict``: scratch rebuilt at every task start, or constants derived from ``ctx``. Nothing else may live
+    #: outside it; the conformance kit checks that these are equal after a resume (so they carry nothing across tasks)
+    transient_state: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
