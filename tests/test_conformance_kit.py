@@ -18,6 +18,7 @@ from clzoo.models import MLP, ContinualModel
 from clzoo.testing import ConformanceError, check_method, hidden_state
 
 SHORT = {"n_tasks": 2, "train_per_task": 40, "test_per_task": 10}
+LONGER = {"n_tasks": 5, "train_per_task": 30, "test_per_task": 10}  # the resume check stops after task 2
 
 
 class PlainER(Method):
@@ -146,7 +147,7 @@ class TransientCarry(PlainER):
 
 def test_a_transient_tensor_that_carries_state_fails_the_resume_check(tmp_path):
     with pytest.raises(ConformanceError, match=r"\[resume\].*'count'"):
-        check_method(TransientCarry, workdir=tmp_path, stream={**SHORT, "n_tasks": 3}, check_auto_budget=False,
+        check_method(TransientCarry, workdir=tmp_path, stream=LONGER, check_auto_budget=False,
                      min_task_il_acc=0.0)
 
 
@@ -161,4 +162,4 @@ def test_auto_budget_check_runs_for_a_buffer_not_named_buffer(tmp_path):
     # no config: built from signature defaults, its ReplayBuffer is found on the method, and since nothing sizes it
     # from the budget the kit says how to fix it
     with pytest.raises(ConformanceError, match=r"\[budget\].*clzoo\.buffer_capacity"):
-        check_method(MemoryER, workdir=tmp_path, stream={**SHORT, "n_tasks": 3}, min_task_il_acc=0.0)
+        check_method(MemoryER, workdir=tmp_path, stream=LONGER, min_task_il_acc=0.0)

@@ -111,7 +111,7 @@ def test_plugin_found_by_name_and_keeps_the_contract(on_path):
 def test_kit_builds_a_plugin_from_its_config_and_finds_a_buffer_not_named_buffer(on_path, capsys):
     from clzoo.testing import check_method
 
-    report = check_method("memory_er", stream={"n_tasks": 3, "train_per_task": 60})
+    report = check_method("memory_er", stream={"train_per_task": 60})
     assert report.config_source == "conf/method/memory_er.yaml"
     assert report.results["config"]["method"]["minibatch_size"] == 6  # the yaml's, not the signature's 10
     assert report.results["memory"]["by_category"]["exemplars"] == 100 * 64

@@ -43,6 +43,8 @@ from ..registry import register_method
 
 @register_method("bic")
 class BiC(Method):
+    transient_state = ("owner",)  # the task of every class: derived from ctx.stream, so not state
+
     def __init__(self, model, ctx, buffer: dict | int | str = 500, validation_fraction: float = 0.1,
                  temperature: float = 2.0, bias_epochs: int = 200, bias_lr: float | None = None,
                  bias_batch_size: int = 32, feature_batch_size: int = 1000):
@@ -62,19 +64,16 @@ class BiC(Method):
         # how many of each class's stored exemplars (its last ones, in slot order) are validation exemplars
         self.register_buffer("n_val", torch.zeros(info.n_classes, dtype=label_dtype(info.n_classes)))
         self.memory_categories = {"bias": "per_task", "n_val": "exemplar_extras"}
+        owner = torch.zeros(info.n_classes, dtype=torch.long)
+        for t, classes in enumerate(info.task_classes):
+            owner[classes] = t
+        self.register_buffer("owner", owner, persistent=False)
         self.buffer = self.make_buffer(buffer, selection="herding")
 
     # ------------------------------------------------------------------ the bias correction layers
-    def _owner(self) -> Tensor:
-        """The task of every class (a constant of the stream, so computed, not stored)."""
-        owner = torch.zeros(self.ctx.stream.n_classes, dtype=torch.long, device=self.bias.device)
-        for t, classes in enumerate(self.ctx.stream.task_classes):
-            owner[classes] = t
-        return owner
-
     def correct(self, logits: Tensor, bias: Tensor | None = None) -> Tensor:
         """Every class's logit through its task's layer: ``alpha_t * o + beta_t`` (Eq. 4)."""
-        ab = (self.bias if bias is None else bias)[self._owner()]
+        ab = (self.bias if bias is None else bias)[self.owner]
         return logits * ab[:, 0] + ab[:, 1]
 
     def forward(self, x, task_id=None):
