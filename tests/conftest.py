@@ -31,7 +31,8 @@ def real_data_root(folder: str) -> Path | None:
 
 def skip_reason(folder: str) -> str:
     return (f"needs real data: set CLZOO_DATA to a folder holding {folder} "
-            f"(restore it offline with shared/data/install.sh DEST)")
+            f"(fetch it with data.root=DEST data.download=true, or place it there as README's "
+            f"\"Real datasets\" section shows)")
 
 
 @pytest.fixture
