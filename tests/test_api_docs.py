@@ -118,3 +118,11 @@ def test_api_page_is_linked_from_the_plugin_guide_and_the_readme():
     assert "api.md" in (root / "docs" / "plugins.md").read_text()
     assert "docs/api.md" in (root / "README.md").read_text()
     assert clzoo.Method is Method
+
+
+def test_the_unit_test_example_runs():
+    text = DOC.read_text()
+    section = text[text.index("## Unit-testing a method"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    exec(compile(code, "docs/api.md", "exec"), {"__name__": "api_example"})
