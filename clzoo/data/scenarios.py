@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .sources import Source, load_source
+from .sources import Source, fingerprint, load_source
 
 SCENARIOS = ("class_il", "task_il", "domain_il")
 
@@ -125,6 +125,7 @@ def build_stream(
     root=None,
     download: bool = False,
     path=None,
+    drop_empty_classes: bool = False,
     source: Source | None = None,
     **_ignored,
 ) -> Stream:
@@ -135,7 +136,7 @@ def build_stream(
     """
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
-    src = source or load_source(dataset, root, download, path)
+    src = source or load_source(dataset, root, download, path, drop_empty_classes)
     gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
     n_classes = src.n_classes
 
@@ -183,6 +184,7 @@ def build_stream(
             in_te = in_te[_subsample(in_te, test_per_task, gen)]
             tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))
 
+    _check_tasks_have_data(tasks, src, order)
     return Stream(
         name=name or f"{src.name}-{scenario}-{len(tasks)}",
         scenario=scenario,
@@ -192,5 +194,17 @@ def build_stream(
         class_order=order,
         class_names=[src.class_names[c] for c in order],
         online=online,
-        info={"dataset": src.name, "class_order_seed": class_order_seed, "domain_transform": domain_transform},
+        info={"dataset": src.name, "class_order_seed": class_order_seed, "domain_transform": domain_transform,
+              "data_fingerprint": fingerprint(src)},
     )
+
+
+def _check_tasks_have_data(tasks: list[Task], src: Source, order: list[int]) -> None:
+    """A task without training or test samples would train on nothing or score 0 and drag the averages down."""
+    for task in tasks:
+        for split, y in (("training", task.y_train), ("test", task.y_test)):
+            if len(y) == 0:
+                names = [src.class_names[order[c]] for c in task.classes]
+                raise StreamError(f"task {task.id} (classes {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) "
+                                  f"has no {split} samples in dataset '{src.name}'; add {split} data for these "
+                                  f"classes, or check stream.train_per_task / stream.test_per_task")

@@ -51,7 +51,8 @@ def build_model(model_cfg: dict, stream) -> ContinualModel:
 def build_stream_from_config(cfg: dict):
     stream_cfg = {k: v for k, v in cfg["stream"].items() if k != "augment"}
     data = cfg.get("data", {})
-    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False))
+    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False),
+                        drop_empty_classes=data.get("drop_empty_classes", False))
 
 
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
@@ -278,7 +279,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "stream": {"name": stream.name, "n_tasks": stream.n_tasks, "scenario": stream.scenario,
                    "dataset": stream.info.get("dataset"), "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
-                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
+                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks],
+                   "data_fingerprint": stream.info.get("data_fingerprint")},
         "method": method_name,
         "acc_matrix": R,
         "acc_matrix_task_il": R_til,
