@@ -197,17 +197,21 @@ def test_fingerprint_is_the_data_not_the_machine(tmp_path, folder):
     assert build_stream(source=hand, n_tasks=2).info["data_fingerprint"] != a.fingerprint
 
 
-def test_results_json_records_the_data_fingerprint(tmp_path, folder):
+def test_results_json_records_the_data_fingerprint_and_resume_refuses_other_data(tmp_path, folder):
     from clzoo.config import compose
     from clzoo.engine import run
+    from clzoo.engine.runner import ResumeError
 
-    cfg = compose(["stream.dataset=imagefolder", f"stream.path={folder}", "stream.n_tasks=2", f"data.root={tmp_path}",
-                   "log.progress=false", "log.tensorboard=false", "log.plots=false", "trainer.num_threads=1",
-                   "trainer.epochs=1", "method=finetune"])
-    results = run(cfg, tmp_path / "run", show_progress=False)
+    overrides = ["stream.dataset=imagefolder", f"stream.path={folder}", "stream.n_tasks=2", f"data.root={tmp_path}",
+                 "log.progress=false", "log.tensorboard=false", "log.plots=false", "trainer.num_threads=1",
+                 "trainer.epochs=1", "method=finetune"]
+    results = run(compose([*overrides, "trainer.max_tasks=1"]), tmp_path / "run", show_progress=False)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["stream"]["data_fingerprint"] == results["stream"]["data_fingerprint"]
     assert saved["stream"]["data_fingerprint"] == load_folder(tmp_path, folder).fingerprint
+    (folder / "train" / "a" / "000.png").write_bytes(png_bytes(99))  # the data changes under a paused run
+    with pytest.raises(ResumeError, match="the dataset changed since the run started"):
+        run(compose([*overrides, "resume=true"]), tmp_path / "run", show_progress=False)
 
 
 # -------------------------------------------------------------------------------------- bad image files
@@ -258,7 +262,8 @@ def test_non_image_files_are_skipped_and_counted(tmp_path, folder):
         src = load_folder(tmp_path, folder)
     assert len(src.y_train) == 16 and len(src.y_test) == 8
     (folder / "train" / "a" / "fake.png").write_text("a text file named .png")  # claims to be an image
-    with pytest.raises(DataError, match=f"{folder / 'train' / 'a' / 'fake.png'}: not an image"):
+    with pytest.raises(DataError, match=f"{folder / 'train' / 'a' / 'fake.png'}: not an image"), \
+            pytest.warns(DataWarning, match="skipped 2"):
         load_folder(tmp_path, folder)
 
 
@@ -361,7 +366,8 @@ def test_empty_class_folder_is_an_error_or_dropped_on_request(tmp_path, folder):
 
     cfg = compose(["stream.dataset=imagefolder", f"stream.path={folder}", "stream.n_tasks=3",
                    f"data.root={tmp_path}", "data.drop_empty_classes=true"])
-    assert build_stream_from_config(cfg).class_names == ["a", "b", "d"]
+    with pytest.warns(DataWarning, match="dropped 1"):
+        assert build_stream_from_config(cfg).class_names == ["a", "b", "d"]
 
 
 def test_task_without_test_images_is_an_error(tmp_path):

@@ -4,22 +4,23 @@ One file per dataset, ``<key>.cache``::
 
     b"CLZOOC01" | header length (8 bytes, little endian) | header (JSON) | tensors (raw bytes, 64-byte aligned)
 
-The header holds the **source fingerprint** the cache was built from and the **SHA-256 of the decoded data**
-(class names, tensor dtypes / shapes and every tensor byte). A load uses the file only when the fingerprint of the
-sources on disk equals the stored one (else the data changed: stale) and the data hashes to the stored digest
-(else the file was truncated, emptied or bit-flipped: corrupt); otherwise the dataset is decoded again and the file
-rewritten. The checksum sits in the same file as the data it covers, so one atomic rename publishes both: a
-reader never pairs new data with an old checksum. The digest is also the data's fingerprint in ``results.json``:
-it depends on the pixels and labels only, so the same data gives the same digest on every machine, and different
-data never the same.
+The header holds the **source fingerprint** the cache was built from, the **SHA-256 of the decoded data** (class
+names, tensor dtypes / shapes and every tensor byte) and a **CRC32** over the hashed metadata, that digest and the
+tensors. A load uses the file only when the fingerprint of the sources on disk equals the stored one (else the
+data changed: stale) and the CRC32 matches (else the file was truncated, emptied or bit-flipped: corrupt);
+otherwise the dataset is decoded again and the file rewritten. The checksum sits in the same file as the data it
+covers, so one atomic rename publishes both: a reader never pairs new data with an old checksum. The SHA-256 is
+the data's fingerprint in ``results.json``: it depends on the pixels and labels only, so the same data gives the
+same digest on every machine, and different data never the same. CRC32 rather than SHA-256 for the check on
+every load: 0.03 s against 0.12 s for CIFAR-10's 184 MB (measured here); it misses a random corruption with
+probability 2^-32.
 
 Source fingerprint: the list of source files with size, mtime and ctime (ns), not a hash of their contents.
 Measured on this project's machines (2 CPU cores, warm page cache): CIFAR-10's 60,000 PNGs take 0.30-0.37 s to
 list and ``stat``, 0.79 s to read and hash (3.4 s with a cold page cache); MNIST's four idx files take 40 us to
 ``stat``, 0.06-0.08 s to hash. Hashing would slow every CIFAR load by 0.5-3 s and catch only edits that keep a
 file's size, mtime and ctime, which a user cannot make without resetting the clock (ctime cannot be set back
-with ``touch``; git's index relies on the same fields). Verifying the cache itself costs one SHA-256 pass over it
-(0.12 s for CIFAR-10's 184 MB, about 0.04 s for MNIST).
+with ``touch``; git's index relies on the same fields).
 """
 from __future__ import annotations
 
@@ -135,15 +136,16 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def read(path: Path, sources: str) -> tuple[dict[str, Tensor], dict, str] | str:
     """``(tensors, extra, digest)`` from a verified cache file, or the reason it cannot be used (a string):
-    ``"missing"``, ``"stale"`` (the sources changed since it was built) or ``"corrupt: ..."``."""
+    ``"missing"``, ``"stale"`` (the sources changed since it was built), ``"unreadable (...)"`` or
+    ``"corrupt: ..."``."""
     try:
         with open(path, "rb") as f:
             buf = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)  # not zero-filled: read over at once
             n = f.readinto(memoryview(buf))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
     except OSError as err:
-        return f"corrupt: cannot be read ({err.strerror or err})"
+        return f"unreadable ({err.strerror or err})"
     if n != len(buf):
         return f"corrupt: read {n} of {len(buf)} bytes"
     if len(buf) < len(MAGIC) + 8 or buf[:len(MAGIC)].tobytes() != MAGIC:
@@ -187,7 +189,7 @@ def load_or_build(path: Path, sources: str, build):
     got = read(path, sources)
     if isinstance(got, tuple):
         return got
-    if got.startswith("corrupt"):
+    if got != "missing" and got != "stale":
         warnings.warn(f"data cache {path} is {got}; decoding the dataset again", DataWarning, stacklevel=3)
     tensors, extra = build()
     digest = write(path, sources, tensors, extra)

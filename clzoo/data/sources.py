@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -312,20 +313,24 @@ class _Listing:
             raise DatasetNotFoundError(f"no class folders under {path}/train/; expected one folder of images per "
                                        f"class ({path}/train/<class>/*.png, and the same under test/)")
         extensions = _image_extensions()
-        self.files: dict[str, dict[str, list[Path]]] = {"train": {}, "test": {}}
-        self.skipped: list[Path] = []
+        # per split and class: (file name, os.stat_result) of each image file, as strings (60,000 Path objects
+        # and relpath calls cost more than the stat calls themselves)
+        self.entries: dict[str, dict[str, list[tuple[str, os.stat_result]]]] = {"train": {}, "test": {}}
+        self.skipped: list[str] = []
         for split in ("train", "test"):
             for name in classes:
                 images = []
-                for e in _visible(os.scandir(path / split / name)):
-                    if not e.is_file():
-                        continue
-                    if os.path.splitext(e.name)[1].lower() in extensions:
-                        images.append(Path(e.path))
-                    else:
-                        self.skipped.append(Path(e.path))
-                self.files[split][name] = images
-        empty = [f"{split}/{name}" for name in classes for split in ("train", "test") if not self.files[split][name]]
+                with os.scandir(path / split / name) as it:
+                    for e in it:
+                        if e.name.startswith(".") or not e.is_file():
+                            continue
+                        if "." + e.name.rpartition(".")[2].lower() in extensions:
+                            images.append((e.name, e.stat()))
+                        else:
+                            self.skipped.append(f"{split}/{name}/{e.name}")
+                images.sort(key=lambda item: item[0])
+                self.entries[split][name] = images
+        empty = [f"{split}/{name}" for name in classes for split in ("train", "test") if not self.entries[split][name]]
         if empty and not drop_empty_classes:
             raise DataError(f"{path}: class folder(s) {', '.join(empty)} hold no images; add images, remove the "
                             f"folder(s), or set data.drop_empty_classes=true to drop such classes")
@@ -337,12 +342,23 @@ class _Listing:
             if not self.classes:
                 raise DataError(f"{path}: every class folder is empty; nothing to train on")
         if self.skipped:
-            example = self.skipped[0].relative_to(path)
+            example = sorted(self.skipped)[0]
             warnings.warn(f"{path}: skipped {len(self.skipped)} file(s) that are not images (e.g. {example}); "
                           f"image files end in .png, .jpg, ... (any format Pillow reads)", DataWarning, stacklevel=4)
 
-    def image_files(self) -> list[Path]:
-        return [p for split in ("train", "test") for c in self.classes for p in self.files[split][c]]
+    def files(self, split: str, name: str) -> list[Path]:
+        folder = self.path / split / name
+        return [folder / f for f, _ in self.entries[split][name]]
+
+    def fingerprint(self) -> str:
+        """What :func:`clzoo.data.cache.stat_fingerprint` computes, from the stat results already taken."""
+        h = hashlib.sha256(json.dumps({"format": cache.FORMAT, "params": {"dataset": "imagefolder",
+                                       "classes": self.classes}}, sort_keys=True).encode())
+        for split in ("train", "test"):
+            for name in self.classes:
+                h.update("".join(f"{split}/{name}/{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
+                                 for f, st in self.entries[split][name]).encode())
+        return h.hexdigest()
 
 
 def _decode_image(path: Path):
@@ -365,8 +381,8 @@ def _decode_folder(listing: _Listing, split: str) -> tuple[Tensor, Tensor]:
 
     files, labels = [], []
     for label, name in enumerate(listing.classes):
-        files += listing.files[split][name]
-        labels += [label] * len(listing.files[split][name])
+        files += listing.files(split, name)
+        labels += [label] * len(listing.entries[split][name])
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_decode_image, files, chunksize=256))
     bad = [(p, im) for p, im in zip(files, images) if isinstance(im, str)]
@@ -395,8 +411,7 @@ def load_image_folder(path: Path, name: str = "imagefolder", drop_empty_classes:
 
 def _cached_folder(root: Path, key: str, path: Path, name: str, drop_empty_classes: bool) -> Source:
     listing = _Listing(path, drop_empty_classes)
-    sources = cache.stat_fingerprint(listing.image_files(), path,
-                                     {"dataset": "imagefolder", "classes": listing.classes})
+    sources = listing.fingerprint()
     key += "-drop_empty" if drop_empty_classes else ""
     return _cached(root, key, name, sources, lambda: load_image_folder(path, name, listing=listing))
 
