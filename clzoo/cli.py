@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_resolvers
-from .data import DatasetNotFoundError, StreamError
+from .data import DatasetNotFoundError, DataWarning, StreamError
 from .memory import BudgetError
 from .methods import NonFiniteLossError
 
@@ -36,6 +36,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return results["metrics"]["final_acc"]
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=__import__("warnings").formatwarning):
+    """Data warnings (skipped files, a rebuilt cache) read as one line, like the errors; others as Python shows them."""
+    if issubclass(category, DataWarning):
+        return f"clzoo-run: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = _format_warning
     register_resolvers()
     _hydra_main()

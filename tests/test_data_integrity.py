@@ -380,3 +380,19 @@ def test_task_without_test_images_is_an_error(tmp_path):
         build_stream(source=Source("toy", x[:0], y[:0], x, y, ["w", "x", "y", "z"]), n_tasks=2)
     with pytest.raises(StreamError, match="task 0 .* has no test samples .*stream.test_per_task"):
         build_stream(source=src, n_tasks=2, test_per_task=0)
+
+
+def test_clzoo_run_reports_a_damaged_image_in_one_line(cli, tmp_path, run_dir):
+    from conftest import error_line
+
+    folder = make_folder(tmp_path / "imgs", {"a": (4, 2), "b": (4, 2)})
+    (folder / "train" / "a" / "notes.txt").write_text("not an image")
+    bad = folder / "train" / "b" / "001.png"
+    flip_image_data(bad)
+    proc = cli("stream.dataset=imagefolder", f"stream.path={folder}", "stream.n_tasks=2", f"data.root={tmp_path}",
+               f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc.stderr)
+    assert line.startswith(f"clzoo-run: error: {bad}: cannot be decoded (") and line.endswith("remove the file")
+    assert (f"clzoo-run: warning: {folder}: skipped 1 file(s) that are not images (e.g. train/a/notes.txt)"
+            in proc.stderr.splitlines()[0])
