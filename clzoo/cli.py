@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_resolvers
-from .data import DatasetNotFoundError, DataWarning, StreamError
+from .data import DatasetNotFoundError, StreamError
 from .memory import BudgetError
 from .methods import NonFiniteLossError
 
@@ -36,16 +37,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return results["metrics"]["final_acc"]
 
 
-def _format_warning(message, category, filename, lineno, line=None, _default=__import__("warnings").formatwarning):
+def main() -> None:
+    register_resolvers()
+    _hydra_main()
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
     """Data warnings (skipped files, a rebuilt cache) read as one line, like the errors; others as Python shows them."""
+    from .data import DataWarning
+
     if issubclass(category, DataWarning):
         return f"clzoo-run: warning: {message}\n"
     return _default(message, category, filename, lineno, line)
 
 
-def main() -> None:
-    import warnings
-
-    warnings.formatwarning = _format_warning
-    register_resolvers()
-    _hydra_main()
+warnings.formatwarning = _format_warning

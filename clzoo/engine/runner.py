@@ -181,19 +181,19 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     budget.check(ledger0, "before training")
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
-                "ledgers": [], "violations": [], "config_hash": chash,
-                "data_fingerprint": stream.info.get("data_fingerprint")}
+                "ledgers": [], "violations": [], "config_hash": chash}
     start = 0
+    progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
     if cfg.get("resume", False) and latest_checkpoint(run_dir) is not None:
         ckpt = load_checkpoint(latest_checkpoint(run_dir))
-        if ckpt["progress"].get("config_hash") != chash:
-            raise ResumeError(f"{run_dir} holds a run with a different configuration (hash "
-                              f"{ckpt['progress'].get('config_hash')} != {chash}); resume with the same overrides "
-                              f"or use a new run directory")
         if ckpt["progress"].get("data_fingerprint", progress["data_fingerprint"]) != progress["data_fingerprint"]:
             raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
                               f"(data fingerprint {ckpt['progress']['data_fingerprint'][:12]} != "
                               f"{progress['data_fingerprint'][:12]}); restore that data or use a new run directory")
+        if ckpt["progress"].get("config_hash") != chash:
+            raise ResumeError(f"{run_dir} holds a run with a different configuration (hash "
+                              f"{ckpt['progress'].get('config_hash')} != {chash}); resume with the same overrides "
+                              f"or use a new run directory")
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
