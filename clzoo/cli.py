@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +39,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     register_resolvers()
     _hydra_main()
+
+
+import warnings  # noqa: E402
 
 
 def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
