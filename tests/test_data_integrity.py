@@ -352,6 +352,16 @@ def test_failed_download_says_why(tmp_path, monkeypatch):
     assert "set data.download=true" in str(err.value) and "install.sh" not in str(err.value)
 
 
+def test_damaged_cifar_pickles_are_named(tmp_path):
+    pickled = tmp_path / "cifar-10-batches-py"
+    pickled.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        (pickled / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=f"{pickled}: torchvision cannot read cifar10 there .*MD5 check"):
+        load_source("cifar10", tmp_path)
+
+
 # ------------------------------------------------------------------------------- empty classes and tasks
 def test_empty_class_folder_is_an_error_or_dropped_on_request(tmp_path, folder):
     for p in (folder / "test" / "c").iterdir():

@@ -4,10 +4,18 @@ Every source returns a :class:`Source`. The decoded tensors are cached under ``R
 the source files they came from and verified when loaded (:mod:`clzoo.data.cache`), so an edited dataset is
 decoded again and a damaged cache is rebuilt. ``Source.fingerprint`` is the SHA-256 of the decoded data.
 
-Bad inputs give one :class:`DataError` naming the file and what is wrong with it: a PNG that cannot be decoded
-(images are decoded with Pillow, which raises on damaged files; torchvision 0.29's PNG decoder segfaults on a
-single flipped byte in the image data), a truncated or malformed MNIST idx file, labels outside the class range,
-an empty class folder (``stream.drop_empty_classes=true`` drops such classes instead).
+Bad inputs give one :class:`DataError` naming the file and what is wrong with it: an image that cannot be
+decoded, a truncated or malformed MNIST idx file, labels outside the class range, an empty class folder
+(``data.drop_empty_classes=true`` drops such classes instead). Files that are not images are skipped with a
+:class:`~clzoo.data.cache.DataWarning` that counts them.
+
+Images are decoded with Pillow, which raises on a damaged file: torchvision 0.29's ``decode_image`` segfaults on a
+PNG with one flipped byte in its image data (flipping any one of the 211 compressed-data bytes of a generated
+8x8 PNG crashed it). The cost, measured
+on CIFAR-10's PNGs on this project's 2-core machine: 117 us of CPU per image with Pillow against 79 us with
+torchvision (single thread), paid once per dataset version since the result is cached; the pixels are identical
+for all 60,000 images. MNIST's idx files are parsed here (torchvision is used only to download), so a truncated
+or damaged file is named as such instead of being reported as missing.
 """
 from __future__ import annotations
 
