@@ -204,7 +204,8 @@ def _check_tasks_have_data(tasks: list[Task], src: Source, order: list[int]) -> 
     for task in tasks:
         for split, y in (("training", task.y_train), ("test", task.y_test)):
             if len(y) == 0:
-                names = [src.class_names[order[c]] for c in task.classes]
-                raise StreamError(f"task {task.id} (classes {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) "
-                                  f"has no {split} samples in dataset '{src.name}'; add {split} data for these "
-                                  f"classes, or check stream.train_per_task / stream.test_per_task")
+                names = ", ".join(src.class_names[order[c]] for c in task.classes[:5])
+                more = ", ..." if len(task.classes) > 5 else ""
+                raise StreamError(f"task {task.id} (classes {names}{more}) has no {split} samples in dataset "
+                                  f"'{src.name}'; add {split} data for these classes, or check "
+                                  f"stream.train_per_task / stream.test_per_task")

@@ -92,9 +92,9 @@ def _check_labels(src: Source, where: dict[str, str]) -> Source:
         bad = ((y < 0) | (y >= src.n_classes)).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise DataError(f"{where[split]}: {len(bad)} {split} label(s) outside the class range 0..{src.n_classes - 1} "
-                            f"(e.g. {int(y[i])} at index {i}); the file is corrupt, restore it "
-                            f"(or delete it and set data.download=true)")
+            raise DataError(f"{where[split]}: {len(bad)} {split} label(s) outside the class range "
+                            f"0..{src.n_classes - 1} (e.g. {int(y[i])} at index {i}); the file is corrupt, restore "
+                            f"it (or delete it and set data.download=true)")
     return src
 
 
@@ -239,6 +239,7 @@ def _download_mnist(cls_name: str, raw: Path) -> None:
                 break
             except Exception as err:  # URLError, socket errors, MD5 mismatch (RuntimeError)
                 last = err
+                (raw / filename).unlink(missing_ok=True)  # a partial or wrong download would pass for the file
         else:
             raise _download_failed(f"{cls_name} ({filename}, tried {len(cls.mirrors)} mirror(s))", raw, last,
                                    _mnist_layout(raw))
@@ -310,7 +311,8 @@ class _Listing:
             raise DatasetNotFoundError(
                 f"image folder {path} is missing train/ or test/; expected {path}/train/<class>/*.png and "
                 f"{path}/test/<class>/*.png (one sub-folder per class, the same classes in both; see {README_DATA})")
-        dirs = {split: {e.name for e in _visible(os.scandir(path / split)) if e.is_dir()} for split in ("train", "test")}
+        dirs = {split: {e.name for e in _visible(os.scandir(path / split)) if e.is_dir()}
+                for split in ("train", "test")}
         if dirs["train"] != dirs["test"]:
             only_train, only_test = sorted(dirs["train"] - dirs["test"]), sorted(dirs["test"] - dirs["train"])
             raise DataError(f"{path}: train/ and test/ hold different class folders (only in train/: "
