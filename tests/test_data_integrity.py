@@ -335,6 +335,37 @@ def test_missing_mnist_points_at_what_a_user_has(tmp_path):
     assert "train-labels-idx1-ubyte" in text and "install.sh" not in text and "shared/" not in text
 
 
+def test_download_fetches_from_the_mirrors(tmp_path, monkeypatch):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torchvision.datasets as tvd
+
+    served = tmp_path / "mirror"
+    raw = make_mnist(tmp_path / "made")
+    served.mkdir()
+    resources = []
+    for p in sorted(raw.iterdir()):
+        data = gzip.compress(p.read_bytes())
+        (served / f"{p.name}.gz").write_bytes(data)
+        resources.append((f"{p.name}.gz", hashlib.md5(data).hexdigest()))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/", f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(tvd.MNIST, "resources", resources)
+        got = load_source("mnist", tmp_path / "root", download=True)  # the first mirror refuses, the second serves
+    finally:
+        server.shutdown()
+    assert same_data(got, load_source("mnist", tmp_path / "made"))
+    assert sorted(p.name for p in (tmp_path / "root" / "MNIST" / "raw").iterdir() if not p.name.endswith(".gz")) \
+        == sorted(p.name for p in raw.iterdir())
+
+
 def test_failed_download_says_why(tmp_path, monkeypatch):
     import torchvision.datasets as tvd
 
