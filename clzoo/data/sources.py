@@ -13,8 +13,9 @@ Images are decoded with Pillow, which raises on a damaged file: torchvision 0.29
 PNG with one flipped byte in its image data (flipping any one of the 211 compressed-data bytes of a generated 8x8
 PNG crashed it). The cost, measured on CIFAR-10's PNGs on this project's 2-core machine: 117 us of CPU per image
 with Pillow against 79 us with torchvision (single thread), paid once per dataset version since the result is
-cached; the pixels are identical for all 60,000 images. MNIST's idx files are parsed here (torchvision is used only
-to download), so a truncated or damaged file is named as such instead of being reported as missing.
+cached; the pixels are identical for all 60,000 images (torchvision deprecates its image decoders from 0.29 on).
+MNIST's idx files are parsed here (torchvision is used only to download), so a truncated or damaged file is named
+as such instead of being reported as missing.
 """
 from __future__ import annotations
 
