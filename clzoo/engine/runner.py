@@ -176,7 +176,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
-    ledger0 = measure(method, budget.count_model, budget.bytes)
+    ledger0 = budget.measure(method)
     budget.check(ledger0, "before training")
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
@@ -225,7 +225,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
             t1 = time.perf_counter()
             acc, acc_til = evaluate(method, stream, task.id, device, trainer.get("eval_batch_size", 1000))
             eval_time = time.perf_counter() - t1
-            ledger = measure(method, budget.count_model, budget.bytes)
+            ledger = budget.measure(method)
             violation = budget.check(ledger, f"after task {task.id}")
             progress["R"].append(acc)
             progress["R_til"].append(acc_til)

@@ -173,14 +173,15 @@ class Method(nn.Module):
         capacity = cfg.get("capacity", "auto")
         selection = cfg.get("selection") or selection or "reservoir"
         info = self.ctx.stream
-        per_sample = ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
         if capacity in (None, "auto"):
             budget = self.ctx.budget
             if budget.bytes is None:
                 raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
                                   f"or a fixed method.buffer.capacity=N")
-            held = (measure(self, count_model=budget.count_model).budgeted_bytes + int(reserved_bytes)
-                    + ReplayBuffer.FIXED_BYTES)
+            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits),
+                                            math.prod(info.input_shape))  # uint8 pixels
+            held = (budget.measure(self).budgeted_bytes + int(reserved_bytes)
+                    + (ReplayBuffer.FIXED_BYTES if budget.convention == "full" else 0))
             capacity = (budget.bytes - held) // per_sample
             if capacity < 1:
                 needed = held + per_sample
