@@ -198,3 +198,32 @@ def test_conformance_kit_and_exact_resume(name, tmp_path):
                           stream={"train_per_task": 60, "test_per_task": 20}, buffer={"capacity": 30})
     assert "resume gives identical results" in report.checks
     assert report.results["memory"]["by_category"]["per_task"] > 0
+
+
+# ---------------------------------------------------------------- the leaderboard on one memory axis
+def test_a_counted_memory_axis_suite_reports_auc_a_and_auc_l_and_stacks_model_and_exemplars(tmp_path):
+    import yaml
+
+    from clzoo.data import load_source
+    from clzoo.leaderboard.cli import main
+
+    data = tmp_path / "data"
+    load_source("digits", data)
+    common = ["model=mlp", "model.hidden_sizes=[24,24]", "stream.train_per_task=60", "stream.test_per_task=20",
+              "trainer.epochs=1", "budget.count_model=true", "budget.convention=memo",
+              "method.buffer.capacity=auto"]
+    suite = {"stream": "split_digits", "seeds": [0], "settings": ["class_il"], "memory_axis": "counted",
+             "common": common,
+             "cells": [{"method": "memo", "budgets_mb": [0.02, 0.025]}, {"method": "icarl", "budgets_mb": [0.02, 0.025]}]}
+    path = tmp_path / "axis.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    assert main(["run", str(path), "--runs", str(runs), "--data-root", str(data), "-j", "1"]) == 0
+    assert main(["build", str(path), "--runs", str(runs), "--out", str(out)]) == 0
+    page = (out / "README.md").read_text()
+    assert "AUC-L Class-IL" in page and "AUC-A Class-IL" in page
+    assert (out / "plots" / "axis_memory_stack.png").stat().st_size > 0
+    import json
+
+    r = json.loads((runs / "axis" / "memo-mb0.025" / "seed0" / "results.json").read_text())
+    assert r["memory"]["budgeted_bytes"] <= round(0.025 * 2**20)
