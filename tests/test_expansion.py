@@ -227,3 +227,44 @@ def test_a_counted_memory_axis_suite_reports_auc_a_and_auc_l_and_stacks_model_an
 
     r = json.loads((runs / "axis" / "memo-mb0.025" / "seed0" / "results.json").read_text())
     assert r["memory"]["budgeted_bytes"] <= round(0.025 * 2**20)
+
+
+def test_the_papers_cifar100_class_order_is_numpys_seed_1993_permutation():
+    from clzoo.config import compose
+    from clzoo.data.scenarios import shuffled_class_order
+
+    cfg = compose(["stream=cifar100_b0_inc10"])["stream"]
+    order = shuffled_class_order(100, cfg["class_order_seed"], cfg["class_order_rng"])
+    assert order[:10] == [68, 56, 78, 8, 23, 84, 90, 65, 74, 76]   # PyCIL's first task with seed 1993
+    assert sorted(order) == list(range(100))
+
+
+def test_options_added_at_their_neutral_default_keep_older_runs_hashes():
+    from clzoo.config import compose
+    from clzoo.engine.checkpoint import config_hash
+    from clzoo.leaderboard.suite import config_hash as suite_hash_of
+
+    cfg = compose(["stream=split_mnist", "method=er"])
+    older = {k: v for k, v in cfg.items()}
+    older["trainer"] = {**cfg["trainer"], "optimizer": {k: v for k, v in cfg["trainer"]["optimizer"].items()
+                                                        if k not in ("milestones", "gamma")}}
+    older["budget"] = {k: v for k, v in cfg["budget"].items() if k != "convention"}
+    older["stream"] = {k: v for k, v in cfg["stream"].items() if k != "class_order_rng"}
+    assert config_hash(older) == config_hash(cfg) and suite_hash_of(older) == suite_hash_of(cfg)
+    changed = compose(["stream=split_mnist", "method=er", "budget.convention=memo"])
+    assert config_hash(changed) != config_hash(cfg)
+
+
+def test_the_learning_rate_schedule_decays_at_the_milestones_of_every_task(digits_stream):
+    torch.manual_seed(0)
+    ctx = RunContext(StreamInfo.from_stream(digits_stream),
+                     optimizer={"name": "sgd", "lr": 0.1, "milestones": [1, 2], "gamma": 0.5})
+    m = make_method("finetune", ContinualModel(MLP(digits_stream.input_shape, [8]), 10), ctx)
+    for task in digits_stream.tasks[:2]:
+        m.start_task(task)
+        lrs = []
+        for _ in range(3):
+            lrs.append(m.opt.param_groups[0]["lr"])
+            m.observe(task.x_train[:10], task.y_train[:10], task.id)
+            m.end_epoch()
+        assert lrs == [0.1, 0.05, 0.025]

@@ -144,6 +144,7 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                     if b % 20 == 0:
                         bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
                                         epoch=epoch)
+            method.end_epoch()
     finally:
         if writer is not None:
             _write_losses(writer, pending)

@@ -118,7 +118,18 @@ class Method(nn.Module):
         return self.model.parameters()
 
     def reset_optimizer(self) -> None:
+        """A fresh optimizer over :meth:`trainable_parameters` (and its learning-rate schedule, when
+        ``trainer.optimizer.milestones`` is set: multiplied by ``gamma`` at those epochs of every task)."""
         self.opt = build_optimizer(self.trainable_parameters(), **self.ctx.optimizer)
+        milestones = self.ctx.optimizer.get("milestones") or []
+        self.lr_schedule = (torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(m) for m in milestones],
+                                                                 float(self.ctx.optimizer.get("gamma", 0.1)))
+                            if milestones else None)
+
+    def end_epoch(self) -> None:
+        """Called by the engine after every epoch of a task: advances the learning-rate schedule."""
+        if getattr(self, "lr_schedule", None) is not None:
+            self.lr_schedule.step()
 
     def start_task(self, task) -> None:
         """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
