@@ -184,13 +184,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
                 "ledgers": [], "violations": [], "config_hash": chash}
     start = 0
-    progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
     if cfg.get("resume", False) and latest_checkpoint(run_dir) is not None:
         ckpt = load_checkpoint(latest_checkpoint(run_dir))
-        if ckpt["progress"].get("data_fingerprint", progress["data_fingerprint"]) != progress["data_fingerprint"]:
-            raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
-                              f"(data fingerprint {ckpt['progress']['data_fingerprint'][:12]} != "
-                              f"{progress['data_fingerprint'][:12]}); restore that data or use a new run directory")
         if ckpt["progress"].get("config_hash") != chash:
             raise ResumeError(f"{run_dir} holds a run with a different configuration (hash "
                               f"{ckpt['progress'].get('config_hash')} != {chash}); resume with the same overrides "
@@ -198,6 +193,11 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
+        data_fp = stream.info.get("data_fingerprint")
+        if progress.setdefault("data_fingerprint", data_fp) != data_fp:
+            raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
+                              f"(data fingerprint {progress['data_fingerprint'][:12]} != {data_fp[:12]}); restore "
+                              f"that data or use a new run directory")
         set_rng_state(ckpt["rng"])
         start = ckpt["task_id"] + 1
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
@@ -209,6 +209,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         t0 = time.perf_counter()
         progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, trainer.get("eval_batch_size", 1000))
         progress["eval_s"] += time.perf_counter() - t0
+        progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
 
     writer = None
     if log_cfg.get("tensorboard", True):

@@ -209,5 +209,4 @@ def warm_data(planned: list[PlannedRun]) -> None:
         key = (s["dataset"], str(d.get("root")), str(s.get("path")))
         if key not in seen:
             seen.add(key)
-            load_source(s["dataset"], d.get("root"), bool(d.get("download", False)), s.get("path"),
-                        bool(d.get("drop_empty_classes", False)))
+            load_source(s["dataset"], d.get("root"), bool(d.get("download", False)), s.get("path"))
