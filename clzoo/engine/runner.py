@@ -193,13 +193,13 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
+        set_rng_state(ckpt["rng"])
+        start = ckpt["task_id"] + 1
         data_fp = stream.info.get("data_fingerprint")
         if progress.setdefault("data_fingerprint", data_fp) != data_fp:
             raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
                               f"(data fingerprint {progress['data_fingerprint'][:12]} != {data_fp[:12]}); restore "
                               f"that data or use a new run directory")
-        set_rng_state(ckpt["rng"])
-        start = ckpt["task_id"] + 1
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
     else:
         # a fresh run owns its folder: checkpoints left by an earlier run there would mix with this run's (a later
@@ -284,10 +284,10 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "seed": seed,
         "versions": _versions(),
         "stream": {"name": stream.name, "n_tasks": stream.n_tasks, "scenario": stream.scenario,
-                   "dataset": stream.info.get("dataset"), "n_classes": stream.n_classes,
+                   "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
+                   "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
-                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks],
-                   "data_fingerprint": stream.info.get("data_fingerprint")},
+                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
         "method": method_name,
         "acc_matrix": R,
         "acc_matrix_task_il": R_til,
