@@ -20,7 +20,8 @@ Measured on this project's machines (2 CPU cores, warm page cache): CIFAR-10's 6
 list and ``stat``, 0.79 s to read and hash (3.4 s with a cold page cache); MNIST's four idx files take 40 us to
 ``stat``, 0.06-0.08 s to hash. Hashing would slow every CIFAR load by 0.5-3 s and catch only edits that keep a
 file's size, mtime and ctime, which a user cannot make without resetting the clock (ctime cannot be set back
-with ``touch``; git's index relies on the same fields).
+with ``touch``; git's index relies on the same fields). A whole cached load (list, stat, read, verify) costs
+0.66 s of CPU for CIFAR-10's image folder and 0.02 s for MNIST (the unverified ``torch.load`` it replaces: 0.03 s).
 """
 from __future__ import annotations
 
