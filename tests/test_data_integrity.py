@@ -437,3 +437,10 @@ def test_clzoo_run_reports_a_damaged_image_in_one_line(cli, tmp_path, run_dir):
     assert line.startswith(f"clzoo-run: error: {bad}: cannot be decoded (") and line.endswith("remove the file")
     assert (f"clzoo-run: warning: {folder}: skipped 1 file(s) that are not images (e.g. train/a/notes.txt)"
             in proc.stderr.splitlines()[0])
+
+
+def test_hand_built_source_with_labels_outside_the_class_range(tmp_path):
+    x = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    src = Source("toy", x, torch.tensor([0, 1, 2, 3, 4, 1]), x, torch.tensor([0, 1, 2, 3, 0, 1]), ["a", "b", "c", "d"])
+    with pytest.raises(StreamError, match="dataset 'toy': train labels span 0..4, outside the class range 0..3"):
+        build_stream(source=src, n_tasks=2)

@@ -153,6 +153,10 @@ def build_stream(
     src = source or load_source(dataset, root, download, path, drop_empty_classes)
     gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
     n_classes = src.n_classes
+    for split, y in (("train", src.y_train), ("test", src.y_test)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+            raise StreamError(f"dataset '{src.name}': {split} labels span {int(y.min())}..{int(y.max())}, outside "
+                              f"the class range 0..{n_classes - 1} of its {n_classes} class names")
 
     if scenario == "domain_il":
         if domain_transform not in ("permute", "rotate"):
