@@ -39,3 +39,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     register_resolvers()
     _hydra_main()
+
+
+import warnings  # noqa: E402
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """Data warnings (skipped files, a rebuilt cache) read as one line, like the errors; others as Python shows them."""
+    from .data import DataWarning
+
+    if issubclass(category, DataWarning):
+        return f"clzoo-run: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning

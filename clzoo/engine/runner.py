@@ -51,7 +51,8 @@ def build_model(model_cfg: dict, stream) -> ContinualModel:
 def build_stream_from_config(cfg: dict):
     stream_cfg = {k: v for k, v in cfg["stream"].items() if k != "augment"}
     data = cfg.get("data", {})
-    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False))
+    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False),
+                        drop_empty_classes=data.get("drop_empty_classes", False))
 
 
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
@@ -194,6 +195,11 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         progress = ckpt["progress"]
         set_rng_state(ckpt["rng"])
         start = ckpt["task_id"] + 1
+        data_fp = stream.info.get("data_fingerprint")
+        if progress.setdefault("data_fingerprint", data_fp) != data_fp:
+            raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
+                              f"(data fingerprint {progress['data_fingerprint'][:12]} != {data_fp[:12]}); restore "
+                              f"that data or use a new run directory")
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
     else:
         # a fresh run owns its folder: checkpoints left by an earlier run there would mix with this run's (a later
@@ -203,6 +209,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         t0 = time.perf_counter()
         progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, trainer.get("eval_batch_size", 1000))
         progress["eval_s"] += time.perf_counter() - t0
+        progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
 
     writer = None
     if log_cfg.get("tensorboard", True):
@@ -277,7 +284,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "seed": seed,
         "versions": _versions(),
         "stream": {"name": stream.name, "n_tasks": stream.n_tasks, "scenario": stream.scenario,
-                   "dataset": stream.info.get("dataset"), "n_classes": stream.n_classes,
+                   "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
+                   "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
                    "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
         "method": method_name,
