@@ -154,13 +154,29 @@ def job_entry(p: PlannedRun, threads: int | None, device: str | None, command: s
 
 
 def _clear(run_dir: Path) -> None:
+    from ..engine.lock import LOCK_NAME
+
     if run_dir.is_dir():
         for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if child.name != LOCK_NAME:  # held by this job: removing it would let another take the folder
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def execute(entry: dict, echo=None) -> dict:
-    """Run one job into its folder; never raises (a failure leaves ``error.txt``). Returns a short summary."""
+    """Run one job into its folder, holding the folder's lock; never raises (a failure leaves ``error.txt``,
+    except when another process holds the folder: then nothing there is touched). Returns a short summary."""
+    from ..engine.lock import RunDirBusyError, run_dir_lock
+
+    try:
+        with run_dir_lock(entry["run_dir"]):
+            return _execute(entry, echo)
+    except RunDirBusyError as err:
+        label = f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
+        _echo(echo, f"FAILED {label}: {err}")
+        return {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
+
+
+def _execute(entry: dict, echo=None) -> dict:
     import torch
 
     from ..engine.checkpoint import atomic_write_text, latest_checkpoint
