@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ USER_ERRORS = (DatasetNotFoundError, StreamError, BudgetError, NonFiniteLossErro
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .engine.lock import RunDirError, run_dir_lock
     from .engine.runner import ResumeError, run
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -25,8 +27,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     container["_choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        results = run(container, run_dir)
-    except USER_ERRORS + (ResumeError,) as err:
+        with run_dir_lock(run_dir):
+            save_hydra_files(cfg, run_dir)
+            results = run(container, run_dir)
+    except USER_ERRORS + (ResumeError, RunDirError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"clzoo-run: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -34,6 +38,23 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     print(f"results: {run_dir}/results.json")
     return results["metrics"]["final_acc"]
+
+
+def save_hydra_files(cfg: DictConfig, run_dir: str) -> None:
+    """``<run_dir>/.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them (conf/config.yaml sets
+    ``hydra.output_subdir: null`` so that they are written here, under the run folder's lock)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .engine.checkpoint import atomic_write_text
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:  # the user asked Hydra to write them (already done)
+        return
+    folder = Path(run_dir) / ".hydra"
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+             "overrides.yaml": hydra_cfg.overrides.task}
+    for name, node in files.items():
+        atomic_write_text(folder / name, OmegaConf.to_yaml(node))
 
 
 def main() -> None:
