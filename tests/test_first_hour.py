@@ -183,3 +183,18 @@ def test_plots_number_tasks_from_zero_and_include_a_task_il_heatmap(tmp_path):
     assert [p.name for p in paths] == ["accuracy_curve.png", "acc_matrix.png", "acc_matrix_task_il.png",
                                        "forgetting.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_progress_lines_report_rate_and_eta():
+    from clzoo.engine.reporting import ProgressLines
+
+    printed = []
+    lines = ProgressLines(3, epochs=2, total_steps=100, every_s=0.0, echo=lambda text, **_: printed.append(text))
+    lines.started -= 10.0  # as if 10 s had passed
+    assert lines.update(25, 250, 0, 0.5)
+    assert printed[0].startswith("task 3: epoch 1/2, step 25/100 (25%), loss 0.500, ")
+    rate = float(printed[0].split(", ")[-2].split()[0])
+    eta = printed[0].rsplit("ETA ", 1)[1]
+    assert 23 <= rate <= 25 and eta in ("30s", "31s")  # 250 samples in ~10 s; 75 steps left at 2.5 steps/s
+    quiet = ProgressLines(0, 1, 10, every_s=3600, echo=printed.append)
+    assert not quiet.update(5, 50, 0, 1.0) and len(printed) == 1
