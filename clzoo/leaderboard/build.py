@@ -433,7 +433,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
                          f"MB, %·MB)", title_fontsize=8.5)
         fig.suptitle(f"{sr.suite.title or name}: accuracy versus memory (mean ± std over seeds)", fontsize=11)
         rows = math.ceil(len(handles) / ncol) + 1  # + the legend's title
-        fig.subplots_adjust(left=0.06, right=0.985, top=0.9, bottom=min(0.45, 0.1 + 0.038 * rows))
+        fig.subplots_adjust(left=0.85 / fig.get_figwidth(), right=0.985, top=0.9, bottom=min(0.45, 0.1 + 0.038 * rows))
         paths.append(out_dir / f"{name}_acc_vs_memory.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
