@@ -179,6 +179,9 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
 
 def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
     """Run one configuration into ``run_dir`` and return the results dict (also written as results.json)."""
+    from ..config import validate
+
+    validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_cfg = cfg.get("log", {}) or {}
