@@ -31,8 +31,7 @@ def real_data_root(folder: str) -> Path | None:
 
 def skip_reason(folder: str) -> str:
     return (f"needs real data: set CLZOO_DATA to a folder holding {folder} "
-            f"(fetch it with data.root=DEST data.download=true, or place it there as README's "
-            f"\"Real datasets\" section shows)")
+            f"(README.md, section 'Real datasets'; data.download=true fetches it)")
 
 
 @pytest.fixture

@@ -25,6 +25,9 @@ KIT_ARGS = {
     "icarl": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}},
     # the same (it keeps a teacher too); 20 bias epochs instead of 200 keep the four runs short
     "bic": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "bias_epochs": 20},
+    # the blocks MEMO / DER add later are reserved in the budget: four more 100-100 blocks exceed the kit's 0.05 MB
+    "memo": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
+    "dynamic_der": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
 }
 
 
