@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ...memory.buffer import label_dtype
 from ...memory.selection import herding
-from ..base import Method, check_finite
+from ..base import Method
 from ..registry import register_method
 
 
@@ -175,17 +175,14 @@ class BiC(Method):
         params = self.bias[task_id].clone().requires_grad_(True)
         opt = torch.optim.SGD([params], lr=self.bias_lr or self.ctx.optimizer.get("lr", 0.1), momentum=0.9)
         bs = max(int(self.bias_batch_size), 1)
-        for epoch in range(self.bias_epochs):
+        for _ in range(self.bias_epochs):
             order = torch.randperm(len(y), device=y.device)
             for i in range(0, len(y), bs):
                 idx = order[i:i + bs]
                 bias = torch.cat([self.bias[:task_id], params.unsqueeze(0), self.bias[task_id + 1:]])
                 out = self.correct(logits[idx], bias)[:, :n_seen]
                 loss = F.cross_entropy(out, y[idx]) + 0.1 * params[1] ** 2 / 2
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            check_finite(loss.detach(), task_id, epoch)
+                self.fit_step(loss, opt, where="BiC's bias-correction fit")  # with the engine's non-finite check
         with torch.no_grad():
             self.bias[task_id].copy_(params.detach())
 
