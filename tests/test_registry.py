@@ -74,5 +74,6 @@ def test_conformance_kit(name, tmp_path):
     report = check_method(name, workdir=tmp_path, **kwargs)
     assert "resume gives identical results" in report.checks
     assert "ledger equals state_dict bytes" in report.checks
+    assert "no tensors outside state_dict" in report.checks
     if "buffer" in params:
         assert "auto buffer fills the budget" in report.checks
