@@ -33,6 +33,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -173,7 +174,7 @@ def reachable_tensors(method: nn.Module) -> dict[str, Tensor]:
     """Every tensor reachable from ``method`` (registered or not), by the first path that reaches it.
 
     Walked: parameters, buffers (persistent or not) and sub-modules, and every other attribute of every module,
-    through lists, tuples, sets, dicts, plain objects and unregistered modules. Not walked: the engine's
+    through lists, tuples, sets, dicts, plain objects and unregistered modules (numpy arrays count as tensors). Not walked: the engine's
     ``ctx`` (shared by every run, not the method's state) and ``self.opt`` (rebuilt at every task start);
     other optimizers are walked (their state would carry over).
     """
@@ -189,6 +190,9 @@ def reachable_tensors(method: nn.Module) -> dict[str, Tensor]:
         visited.add(id(obj))
         if isinstance(obj, Tensor):
             found.setdefault(path, obj)
+        elif isinstance(obj, np.ndarray):  # numpy memory is kept off the books just the same
+            if obj.dtype != object and obj.size:
+                found.setdefault(path, torch.from_numpy(np.ascontiguousarray(obj)))
         elif isinstance(obj, RunContext) or obj is engine_opt:
             return
         elif isinstance(obj, torch.optim.Optimizer):

@@ -7,6 +7,7 @@ is built or after task 0), so each test is short.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,9 +129,10 @@ def test_hidden_state_sees_only_what_is_off_the_books():
     method.view = method.model.head.weight[:2]  # a view of a state tensor is not extra memory
     method.nested = {"a": [(1, torch.ones(3))]}
     method.register_buffer("scratch", torch.zeros(5), persistent=False)
-    assert set(hidden_state(method)) == {"nested['a'][0][1]", "scratch"}
+    method.table = np.zeros(4)
+    assert set(hidden_state(method)) == {"nested['a'][0][1]", "scratch", "table"}
     method.transient_state = ("scratch",)
-    assert set(hidden_state(method)) == {"nested['a'][0][1]"}
+    assert set(hidden_state(method)) == {"nested['a'][0][1]", "table"}
 
 
 class TransientCarry(PlainER):
