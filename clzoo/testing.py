@@ -175,8 +175,8 @@ def reachable_tensors(method: nn.Module) -> dict[str, Tensor]:
 
     Walked: parameters, buffers (persistent or not) and sub-modules, and every other attribute of every module,
     through lists, tuples, sets, dicts, plain objects and unregistered modules (numpy arrays count as tensors).
-    Not walked: the engine's ``ctx`` (shared by every run, not the method's state) and ``self.opt`` (rebuilt at every task start);
-    other optimizers are walked (their state would carry over).
+    Not walked: the engine's ``ctx`` (shared by every run, not the method's state) and ``self.opt`` (rebuilt at
+    every task start); other optimizers are walked (their state would carry over).
     """
     from .methods.base import RunContext
 
