@@ -82,15 +82,25 @@ def plugin_dir(tmp_path_factory) -> Path:
     return root
 
 
+def _forget_hydra_plugins():
+    """Hydra scans the hydra_plugins namespace once per process: forget the scan, as a fresh process would."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+
+    Singleton._instances.pop(Plugins, None)
+
+
 @pytest.fixture
 def on_path(plugin_dir, monkeypatch):
     monkeypatch.syspath_prepend(str(plugin_dir))
     import importlib
 
     importlib.invalidate_caches()
+    _forget_hydra_plugins()
     yield plugin_dir
-    for name in [m for m in sys.modules if m.startswith("smooth_er")]:
+    for name in [m for m in sys.modules if m.startswith(("smooth_er", "hydra_plugins.smooth_er"))]:
         del sys.modules[name]
+    _forget_hydra_plugins()
 
 
 def test_plugin_found_by_name_and_keeps_the_contract(on_path):
