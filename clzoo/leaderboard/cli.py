@@ -7,6 +7,7 @@
     clzoo-leaderboard digest leaderboard/runs        # add the digest of their numbers to runs written without one
     clzoo-leaderboard check experiments/seq_mnist.yaml --cells er-b500 derpp-b500 --seeds 0 --tolerance 1.0
     clzoo-leaderboard validate experiments/*.yaml                                 # schema + every cell composes
+    clzoo-leaderboard sweep multirun/2026-01-01_12-00-00                          # mean +- std table of any runs
 
 On Slurm: ``clzoo-leaderboard run SUITE --launcher submitit_slurm --hydra hydra.launcher.partition=cpu
 --hydra hydra.launcher.timeout_min=60 --hydra hydra.launcher.cpus_per_task=1`` (pip install
@@ -74,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, required=True, metavar="PP",
                    help="allowed difference in percentage points, in either direction")
     c.add_argument("--workdir", default=None, help="re-run here instead of a temporary folder (kept)")
+
+    w = sub.add_parser("sweep", help="table of mean +- std over seeds per configuration, from any folder of runs")
+    w.add_argument("folders", nargs="+", help="folders holding runs (a multirun folder, outputs/, ...)")
 
     v = sub.add_parser("validate", help="check suite files: schema, and that every cell composes")
     v.add_argument("suites", nargs="+")
@@ -174,13 +178,20 @@ def cmd_validate(args) -> int:
     return status
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import write_summary
+
+    found = [write_summary(folder) for folder in args.folders]
+    return 0 if all(found) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
     try:
         return {"run": cmd_run, "build": cmd_build, "digest": cmd_digest, "check": cmd_check,
-                "validate": cmd_validate}[args.command](args)
+                "validate": cmd_validate, "sweep": cmd_sweep}[args.command](args)
     except SuiteError as err:
         print(f"clzoo-leaderboard: error: {err}", file=sys.stderr)
         return 2
