@@ -243,19 +243,23 @@ def resume_checkpoint(run_dir: Path, chash: str, num_threads: int, cfg: dict | N
     return ckpt
 
 
-def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
+def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, observer=None) -> dict:
     """Run one configuration into ``run_dir`` and return the results dict (also written as results.json).
-    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`)."""
+    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`).
+
+    ``observer(method, task_id)``, if given, is called once the method is built (``task_id=None``) and after every
+    task, when its checkpoint is written (the conformance kit inspects the method there).
+    """
     from ..config import validate
 
     validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
         prepare_run_dir(run_dir)
-        return _run(cfg, run_dir, show_progress)
+        return _run(cfg, run_dir, show_progress, observer)
 
 
-def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
+def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) -> dict:
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
@@ -278,6 +282,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
+    if observer is not None:
+        observer(method, None)
     ledger0 = budget.measure(method)
     violation0 = budget.check(ledger0, "before training")  # raises when enforced, else is recorded
 
@@ -321,10 +327,12 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
-            method.start_task(task)
+            # methods see the task without its test data, less the validation split they ask for
+            seen_task = task.training_view(getattr(method, "validation_fraction", 0.0), seed)
+            method.start_task(seen_task)
             check_parameters_finite(method, task.id, "after begin_task")
-            train_task(method, task, cfg, device, writer, progress, show_progress)
-            method.end_task(task)
+            train_task(method, seen_task, cfg, device, writer, progress, show_progress)
+            method.end_task(seen_task)
             check_parameters_finite(method, task.id, "after end_task")
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -355,6 +363,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
             save_checkpoint(run_dir, task.id, method.state_dict(), progress,
                             keep_last=int(log_cfg.get("keep_checkpoints") or 0))
+            if observer is not None:
+                observer(method, task.id)
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
                               [lg["total_bytes"] for lg in progress["ledgers"]])
     finally:
