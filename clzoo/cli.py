@@ -78,11 +78,21 @@ def check_resume(container: dict, run_dir: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .engine.lock import RunDirError, run_dir_lock
+
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode.name == "MULTIRUN"
+    # the folder's lock first: a second run in a busy folder must not write its log or status over the first's
+    lock = run_dir_lock(run_dir)
+    try:
+        lock.__enter__()
+    except RunDirError as err:
+        print(f"clzoo-run: error: {err}", file=sys.stderr)
+        if multirun:
+            raise
+        sys.exit(2)
     log_path = run_dir / f"{hc.job.name}.log"
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a", buffering=1)
     out, err_stream = sys.stdout, sys.stderr
     sys.stdout = _Tee(out, log)
@@ -96,11 +106,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             check_resume(container, run_dir)
             from .engine.runner import ResumeError, run
 
+            save_hydra_files(cfg, run_dir)
             try:
                 results = run(container, run_dir)
             except ResumeError as err:
                 raise ConfigError(str(err)) from err
-        except USER_ERRORS as err:
+        except USER_ERRORS + (RunDirError,) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             print(f"clzoo-run: error: {message}", file=err_stream)
             log.write(f"clzoo-run: error: {message}\n")
@@ -119,11 +130,44 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     finally:
         sys.stdout = out
         log.close()
+        lock.__exit__(None, None, None)
     suffix = "_task_il" if results.get("headline") == "task_il" else ""
     return results["metrics"]["final_acc" + suffix]
+
+
+def save_hydra_files(cfg: DictConfig, run_dir: str) -> None:
+    """``<run_dir>/.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them (conf/config.yaml sets
+    ``hydra.output_subdir: null`` so that they are written here, under the run folder's lock)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .engine.checkpoint import atomic_write_text
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None:  # the user asked Hydra to write them (already done)
+        return
+    folder = Path(run_dir) / ".hydra"
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+             "overrides.yaml": hydra_cfg.overrides.task}
+    for name, node in files.items():
+        atomic_write_text(folder / name, OmegaConf.to_yaml(node))
 
 
 def main() -> None:
     register_resolvers()
     sys.argv[1:] = expand_user_overrides(sys.argv[1:])
     _hydra_main()
+
+
+import warnings  # noqa: E402
+
+
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """Data warnings (skipped files, a rebuilt cache) read as one line, like the errors; others as Python shows them."""
+    from .data import DataWarning
+
+    if issubclass(category, DataWarning):
+        return f"clzoo-run: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning

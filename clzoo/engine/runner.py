@@ -17,11 +17,12 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
-from ..methods.base import RunContext, StreamInfo, check_finite
+from ..methods.base import RunContext, StreamInfo, check_finite, check_parameters_finite
 from ..models import ContinualModel, mask_logits
 from . import metrics as M
-from .checkpoint import (atomic_write_text, config_hash, latest_checkpoint, load_checkpoint, save_checkpoint,
-                         seed_everything, set_rng_state)
+from .checkpoint import (atomic_write_text, config_hash, ensure_writable, load_latest_intact,
+                         remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
+from .lock import run_dir_lock
 from .reporting import ProgressLines, summary, trained_metrics, write_metrics_csv, write_plots
 
 
@@ -72,7 +73,8 @@ def check_model_fits(model: ContinualModel, stream, choice: str | None) -> None:
 def build_stream_from_config(cfg: dict):
     stream_cfg = {k: v for k, v in cfg["stream"].items() if k != "augment"}
     data = cfg.get("data", {})
-    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False))
+    return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False),
+                        drop_empty_classes=data.get("drop_empty_classes", False))
 
 
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
@@ -178,22 +180,84 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
         bar.close()
 
 
+# ------------------------------------------------------------------------------------------ run folder safety
+def prepare_run_dir(run_dir: Path) -> None:
+    """Before anything is computed: remove temporary files a killed run or a full disk left behind (the caller
+    holds the folder's lock, so no other writer is active), and fail now if checkpoints cannot be written."""
+    removed = remove_temporary_files(run_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {run_dir}", flush=True)
+    ensure_writable(run_dir)
+    ensure_writable(run_dir / "checkpoints")
+
+
+def apply_num_threads(trainer: dict) -> int:
+    """Set torch's CPU thread count from ``trainer.num_threads`` (null: torch's default) and return the count
+    in effect. Results depend on it (the BLAS splits matrix products differently), so it is hashed."""
+    if trainer.get("num_threads"):
+        torch.set_num_threads(int(trainer["num_threads"]))
+    return torch.get_num_threads()
+
+
+def run_config_hash(cfg: dict, num_threads: int) -> str:
+    """The configuration hash of a run: :func:`config_hash` with the CPU thread count in effect (measured: DER,
+    SI and ER on split_digits end with different weights at 1 and 2 threads; a matrix product of a 10 x 784
+    batch already differs in its last bits)."""
+    trainer = {**cfg.get("trainer", {}), "num_threads": int(num_threads)}
+    return config_hash({**cfg, "trainer": trainer})
+
+
+def resume_checkpoint(run_dir: Path, chash: str, num_threads: int, cfg: dict | None = None) -> dict | None:
+    """The newest intact checkpoint of ``run_dir`` to resume from (None: nothing to resume). Damaged newer
+    ones are set aside as ``*.damaged`` with a message; a different configuration or thread count is refused."""
+    path, ckpt, damaged = load_latest_intact(run_dir)
+    for bad, reason in damaged:
+        aside = set_aside(bad)
+        print(f"checkpoint {bad.name} is damaged: {reason}; set aside as {aside.name}", flush=True)
+    if ckpt is None:
+        if damaged:
+            raise ResumeError(f"{run_dir}: no intact checkpoint to resume from (the {len(damaged)} found are damaged "
+                              f"and were set aside as *.damaged); start again with resume=false")
+        return None
+    if damaged:
+        print(f"resuming from the previous intact checkpoint, {path.name}", flush=True)
+    saved = ckpt["progress"].get("config_hash")
+    saved_threads = ckpt["progress"].get("num_threads")
+    if saved_threads is not None and int(saved_threads) != num_threads:
+        raise ResumeError(f"{run_dir} was trained with {saved_threads} CPU threads and this run has {num_threads}; "
+                          f"results depend on the thread count, so resume with trainer.num_threads={saved_threads}")
+    if saved != chash:
+        from ..config import config_diff
+
+        old_cfg = ckpt["progress"].get("config")
+        diff = config_diff(old_cfg, cfg, ignore=HASH_IGNORED) if old_cfg is not None and cfg is not None else []
+        changed = ("; changed: " + "; ".join(diff)) if diff else ""
+        raise ResumeError(f"{run_dir} holds a run with a different configuration (hash {saved} != {chash}){changed}; "
+                          f"resume with the same overrides (and trainer.num_threads) or use a new run directory")
+    return ckpt
+
+
 def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
-    """Run one configuration into ``run_dir`` and return the results dict (also written as results.json)."""
+    """Run one configuration into ``run_dir`` and return the results dict (also written as results.json).
+    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`)."""
     from ..config import validate
 
     validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        prepare_run_dir(run_dir)
+        return _run(cfg, run_dir, show_progress)
+
+
+def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
     trainer = cfg["trainer"]
     device = resolve_device(trainer.get("device", "auto"))
-    if trainer.get("num_threads"):
-        torch.set_num_threads(int(trainer["num_threads"]))
+    num_threads = apply_num_threads(trainer)
     seed = int(cfg.get("seed", 0))
-    chash = config_hash(cfg)
+    chash = run_config_hash(cfg, num_threads)
 
     stream = build_stream_from_config(cfg)
     train_tf, eval_tf = transforms_from_config(cfg["stream"].get("augment"), device)
@@ -209,37 +273,34 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
     ledger0 = budget.measure(method)
-    budget.check(ledger0, "before training")
+    violation0 = budget.check(ledger0, "before training")  # raises when enforced, else is recorded
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
-                "ledgers": [], "violations": [], "config_hash": chash,
-                "config": cfg}  # kept so a refused resume can name the keys that changed
+                "ledgers": [], "violations": [violation0] if violation0 else [], "config_hash": chash,
+                "num_threads": num_threads, "config": cfg}  # the config: a refused resume names the keys that changed
     start = 0
-    if cfg.get("resume", False) and latest_checkpoint(run_dir) is not None:
-        ckpt = load_checkpoint(latest_checkpoint(run_dir))
-        if ckpt["progress"].get("config_hash") != chash:
-            from ..config import config_diff
-
-            old_cfg = ckpt["progress"].get("config")
-            diff = config_diff(old_cfg, cfg, ignore=HASH_IGNORED) if old_cfg is not None else []
-            changed = ("; changed: " + "; ".join(diff)) if diff else ""
-            raise ResumeError(f"{run_dir} holds a run with a different configuration (hash "
-                              f"{ckpt['progress'].get('config_hash')} != {chash}){changed}; resume with the same "
-                              f"overrides or use a new run directory")
+    ckpt = resume_checkpoint(run_dir, chash, num_threads, cfg) if cfg.get("resume", False) else None
+    if ckpt is not None:
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
         set_rng_state(ckpt["rng"])
         start = ckpt["task_id"] + 1
+        data_fp = stream.info.get("data_fingerprint")
+        if progress.setdefault("data_fingerprint", data_fp) != data_fp:
+            raise ResumeError(f"{run_dir} was trained on other data: the dataset changed since the run started "
+                              f"(data fingerprint {progress['data_fingerprint'][:12]} != {data_fp[:12]}); restore "
+                              f"that data or use a new run directory")
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
     else:
         # a fresh run owns its folder: checkpoints left by an earlier run there would mix with this run's (a later
         # resume=true could pick one of them up), and an old results.json would outlive a crash of this run
-        for stale in [*(run_dir / "checkpoints").glob("task_*.pt"), run_dir / "results.json"]:
+        for stale in [*(run_dir / "checkpoints").glob("task_*"), run_dir / "results.json"]:
             stale.unlink(missing_ok=True)
         t0 = time.perf_counter()
         progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, trainer.get("eval_batch_size", 1000))
         progress["eval_s"] += time.perf_counter() - t0
+        progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
 
     writer = None
     if log_cfg.get("tensorboard", True):
@@ -255,8 +316,10 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
             method.start_task(task)
+            check_parameters_finite(method, task.id, "after begin_task")
             train_task(method, task, cfg, device, writer, progress, show_progress)
             method.end_task(task)
+            check_parameters_finite(method, task.id, "after end_task")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time = time.perf_counter() - t0
@@ -323,7 +386,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "seed": seed,
         "versions": _versions(),
         "stream": {"name": stream.name, "n_tasks": stream.n_tasks, "scenario": stream.scenario,
-                   "dataset": stream.info.get("dataset"), "n_classes": stream.n_classes,
+                   "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
+                   "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
                    "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
         "method": method_name,
@@ -334,6 +398,7 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "metrics": metrics,
         "time": {"train_s": progress["train_s"], "eval_s": progress["eval_s"], "per_task_s": progress["per_task_s"]},
         "memory": memory,
+        "num_threads": progress.get("num_threads"),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),
         # the view the scenario is judged by: task_il streams by the task-IL matrix, others task-agnostic
