@@ -49,8 +49,9 @@ def _target(method) -> tuple[str, str]:
 
 
 def tiny_config(method, stream: dict | None = None, budget: dict | None = None, epochs: int = 3,
-                lr: float = 0.05, model: dict | None = None, **hparams) -> dict:
-    """A complete run configuration for ``method`` on the tiny digits stream (or ``stream``)."""
+                lr: float = 0.05, model: dict | None = None, optimizer: dict | None = None, **hparams) -> dict:
+    """A complete run configuration for ``method`` on the tiny digits stream (or ``stream``); ``optimizer``
+    overrides keys of the default SGD (e.g. ``{"name": "adam", "lr": 1e-3}``)."""
     from .config import compose
 
     cfg = compose(["log.progress=false", "log.tensorboard=false", "log.plots=false"])
@@ -58,7 +59,8 @@ def tiny_config(method, stream: dict | None = None, budget: dict | None = None, 
     cfg["method"] = {"_target_": target, **hparams}
     cfg["stream"] = {**cfg["stream"], **TINY_STREAM, **(stream or {})}
     cfg["trainer"].update({"epochs": epochs, "batch_size": 10, "num_threads": None})
-    cfg["trainer"]["optimizer"] = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
+    cfg["trainer"]["optimizer"] = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False,
+                                   **(optimizer or {})}
     if model is not None:
         cfg["model"] = model
     cfg["budget"] = {"mb": None, "count_model": False, "enforce": True, **(budget or {})}
@@ -79,7 +81,7 @@ def _state_equal(a: dict, b: dict) -> str | None:
 
 def check_method(method, workdir: str | Path | None = None, stream: dict | None = None,
                  check_auto_budget: bool | None = None, min_task_il_acc: float = 0.6, model: dict | None = None,
-                 **hparams) -> ConformanceReport:
+                 optimizer: dict | None = None, **hparams) -> ConformanceReport:
     """Run the conformance checks on ``method`` (a registered name or a Method subclass) with ``hparams``."""
     from .engine.runner import run
 
@@ -87,7 +89,7 @@ def check_method(method, workdir: str | Path | None = None, stream: dict | None 
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     root = Path(workdir or tmp.name)
     try:
-        cfg = tiny_config(method, stream=stream, model=model, **hparams)
+        cfg = tiny_config(method, stream=stream, model=model, optimizer=optimizer, **hparams)
 
         # 1. trains and evaluates
         full = run(cfg, root / "full", show_progress=False)
@@ -138,13 +140,15 @@ def check_method(method, workdir: str | Path | None = None, stream: dict | None 
         from .methods.registry import get_method_class
 
         cls = get_method_class(method) if isinstance(method, str) else method
-        has_buffer = "buffer" in inspect.signature(cls.__init__).parameters
+        buffer_param = inspect.signature(cls.__init__).parameters.get("buffer")
+        has_buffer = buffer_param is not None and buffer_param.default is not None  # None: exemplar-free
         if check_auto_budget is None:
             check_auto_budget = has_buffer
         if check_auto_budget:
             budget_mb = 0.05
             auto_hparams = {**hparams, "buffer": {**_as_buffer_dict(hparams.get("buffer")), "capacity": "auto"}}
-            auto_cfg = tiny_config(method, stream=stream, model=model, budget={"mb": budget_mb}, **auto_hparams)
+            auto_cfg = tiny_config(method, stream=stream, model=model, budget={"mb": budget_mb}, optimizer=optimizer,
+                                   **auto_hparams)
             auto = run(auto_cfg, root / "auto", show_progress=False)
             budget_bytes = auto["memory"]["budget_bytes"]
             info = auto["stream"]
