@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ...data import StreamError
+from ...memory.ledger import measure
 from ..base import Method
 from ..parts.prototypes import extract_features
 
@@ -54,8 +55,16 @@ class ExemplarFreeMethod(Method):
         self._step_in_task = 0
 
     def start_task(self, task) -> None:
+        self.assert_no_exemplars()
         self._sched, self._step_in_task = [], 0
         super().start_task(task)
+
+    def assert_no_exemplars(self) -> None:
+        """Fail when the ledger files any byte under ``exemplars``: this family keeps no stored input."""
+        stored = measure(self).by_category["exemplars"]
+        if stored:
+            raise RuntimeError(f"{self.method_name or type(self).__name__} is exemplar-free but keeps {stored:,} bytes "
+                               f"of exemplars in its state")
 
     def tick(self) -> None:
         self._step_in_task += 1
