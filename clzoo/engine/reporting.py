@@ -101,6 +101,9 @@ def summary(results: dict) -> str:
     for key, label in [("final_acc", "final accuracy"), ("avg_incremental_acc", "avg incremental acc"),
                        ("forgetting", "forgetting"), ("bwt", "BWT"), ("fwt", "FWT")]:
         lines.append(f"{label:<22}{_fmt(m.get(key)):>10}{_fmt(m.get(key + '_task_il')):>10}")
+    if m.get("avg_incremental_acc_seen") is not None and results["stream"].get("test_sizes") and \
+            len(set(results["stream"]["test_sizes"])) > 1:
+        lines.append(f"{'avg incr. (seen samples)':<22}{_fmt(m['avg_incremental_acc_seen']):>10}")
     mem = results["memory"]
     lines.append(f"memory kept: {mem['total_bytes']:,} bytes ({mem['total_bytes'] / 2**20:.3f} MB)"
                  + (f"; counted against the budget: {mem['budgeted_bytes']:,} of {mem['budget_bytes']:,} bytes"
