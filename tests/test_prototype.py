@@ -153,6 +153,10 @@ def test_napavq_old_coding_vectors_get_exactly_zero_gradient():
 def test_prd_relation_kl_is_zero_at_the_first_step_of_a_new_task_then_not():
     method, stream = built("prd")
     train_task(method, stream.tasks[0], steps=4)
+    method.eval()
+    logits = method(method.preprocess(stream.tasks[1].x_test[:5]))
+    assert logits[:, 2:].isinf().all() and logits[:, :2].isfinite().all()   # class-IL masks future prototypes
+    method.train()
     method.start_task(stream.tasks[1])
     x, y = stream.tasks[1].x_train[:10], stream.tasks[1].y_train[:10]
     assert method.losses(x, y, 1)["distill"].item() == pytest.approx(0.0, abs=1e-7)
