@@ -215,3 +215,14 @@ def test_rotation_on_non_square_images_is_refused(name):
     model = ContinualModel(MLP((1, 8, 6), [16]), 4)
     with pytest.raises(RotationError, match=r"square images .* shape \(1, 8, 6\)"):
         make_method(name, model, RunContext(info))
+
+
+def test_train_per_class_balances_a_large_first_task(digits_root):
+    stream = build_stream("digits", n_tasks=None, first_task_classes=4, classes_per_task=2, train_per_class=20,
+                          root=digits_root)
+    assert [len(t.classes) for t in stream.tasks] == [4, 2, 2, 2]
+    for task in stream.tasks:
+        assert torch.bincount(task.y_train)[task.classes].tolist() == [20] * len(task.classes)
+    again = build_stream("digits", n_tasks=None, first_task_classes=4, classes_per_task=2, train_per_class=20,
+                         root=digits_root)
+    assert torch.equal(again.tasks[0].x_train, stream.tasks[0].x_train)
