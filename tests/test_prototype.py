@@ -226,3 +226,14 @@ def test_train_per_class_balances_a_large_first_task(digits_root):
     again = build_stream("digits", n_tasks=None, first_task_classes=4, classes_per_task=2, train_per_class=20,
                          root=digits_root)
     assert torch.equal(again.tasks[0].x_train, stream.tasks[0].x_train)
+
+
+def test_seen_sample_average_weighs_tasks_by_their_test_images():
+    from clzoo.engine import metrics as M
+
+    R = [[0.9, 0.0], [0.6, 1.0]]
+    assert M.seen_accuracy_curve(R, [400, 100]) == pytest.approx([0.9, (240 + 100) / 500])
+    got = M.all_metrics(R, [0.0, 0.0], sizes=[400, 100])
+    assert got["avg_incremental_acc_seen"] == pytest.approx((0.9 + 0.68) / 2)
+    assert got["avg_incremental_acc"] == pytest.approx((0.9 + 0.8) / 2)   # tasks weighed equally
+    assert "avg_incremental_acc_seen" not in M.all_metrics(R, [0.0, 0.0])
