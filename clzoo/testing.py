@@ -138,20 +138,22 @@ def _compose(method, budget_mb) -> tuple[dict, str]:
 
 
 def tiny_config(method, stream: dict | None = None, budget: dict | None = None, epochs: int = 3,
-                lr: float = 0.05, model: dict | None = None, **hparams) -> dict:
+                lr: float = 0.05, model: dict | None = None, optimizer: dict | None = None, **hparams) -> dict:
     """A complete run configuration for ``method`` on the tiny digits stream (or ``stream``): the method's own
-    config (its yaml, resolved under ``budget``) with ``hparams`` merged in."""
-    cfg, _ = _tiny_config(method, stream, budget, epochs, lr, model, hparams)
+    config (its yaml, resolved under ``budget``) with ``hparams`` merged in; ``optimizer`` overrides keys of the
+    default SGD (e.g. ``{"name": "adam", "lr": 1e-3}``)."""
+    cfg, _ = _tiny_config(method, stream, budget, epochs, lr, model, hparams, optimizer)
     return cfg
 
 
-def _tiny_config(method, stream, budget, epochs, lr, model, hparams) -> tuple[dict, str]:
+def _tiny_config(method, stream, budget, epochs, lr, model, hparams, optimizer=None) -> tuple[dict, str]:
     budget = {"mb": None, "count_model": False, "enforce": True, **(budget or {})}
     cfg, source = _compose(method, budget["mb"])
     cfg["method"] = _merge(cfg["method"], hparams)
     cfg["stream"] = {**cfg["stream"], **TINY_STREAM, **(stream or {})}
     cfg["trainer"].update({"epochs": epochs, "batch_size": 10, "num_threads": None})
-    cfg["trainer"]["optimizer"] = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
+    cfg["trainer"]["optimizer"] = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False,
+                                   **(optimizer or {})}
     if model is not None:
         cfg["model"] = model
     cfg["budget"] = budget
@@ -313,12 +315,13 @@ def _per_sample_bytes(buffers: list[ReplayBuffer]) -> int:
 
 def check_method(method, workdir: str | Path | None = None, stream: dict | None = None,
                  check_auto_budget: bool | None = None, min_task_il_acc: float = 0.6, model: dict | None = None,
-                 verbose: bool = True, **hparams) -> ConformanceReport:
+                 verbose: bool = True, optimizer: dict | None = None, **hparams) -> ConformanceReport:
     """Run the conformance checks on ``method`` (a registered name or a Method subclass), built from its config
     with ``hparams`` merged in (e.g. ``buffer={"capacity": 40}`` for a small buffer on the tiny stream).
 
     ``check_auto_budget``: None runs the auto-buffer check when the built method holds a ReplayBuffer.
-    ``verbose`` prints a one-line summary (the runs' own logs are in ``report.logs``).
+    ``verbose`` prints a one-line summary (the runs' own logs are in ``report.logs``); ``optimizer`` overrides keys
+    of the kit's SGD (e.g. ``{"name": "adam", "lr": 1e-3}``).
     """
     from .engine.runner import run
 
@@ -327,7 +330,7 @@ def check_method(method, workdir: str | Path | None = None, stream: dict | None 
     root = Path(workdir or tmp.name)
     logs: dict[str, str] = {}
     try:
-        cfg, source = _tiny_config(method, stream, None, 3, 0.05, model, hparams)
+        cfg, source = _tiny_config(method, stream, None, 3, 0.05, model, hparams, optimizer)
 
         # 1. trains and evaluates; 2. (while it runs) no hidden state, model categories only on the model
         watch = _Inspector(name)
@@ -391,7 +394,7 @@ def check_method(method, workdir: str | Path | None = None, stream: dict | None 
         if check_auto_budget is None:
             check_auto_budget = bool(watch.buffers)
         if check_auto_budget:
-            auto_cfg, _ = _tiny_config(method, stream, {"mb": AUTO_BUDGET_MB}, 3, 0.05, model, {})
+            auto_cfg, _ = _tiny_config(method, stream, {"mb": AUTO_BUDGET_MB}, 3, 0.05, model, {}, optimizer)
             paths = _auto_paths(auto_cfg["method"])
             if not paths and "buffer" in inspect.signature(_method_class(method).__init__).parameters \
                     and source == "signature defaults":

@@ -202,6 +202,7 @@ def build_stream(
     domain_transform: str | None = None,
     train_per_task: int | None = None,
     test_per_task: int | None = None,
+    train_per_class: int | None = None,
     online: bool = False,
     name: str | None = None,
     root=None,
@@ -214,7 +215,9 @@ def build_stream(
     """Build a stream. ``source`` may be given directly (tests); otherwise ``dataset`` is loaded from ``root``.
 
     ``class_order`` fixes the order of classes; ``class_order_seed`` shuffles it reproducibly (its own seed,
-    independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task.
+    independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task;
+    ``train_per_class`` a seeded subset of that many training samples of every class (class-IL / task-IL), which
+    keeps classes balanced when tasks differ in size.
     """
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
@@ -266,6 +269,9 @@ def build_stream(
             start += count
             in_tr = ((ytr_all >= cls[0]) & (ytr_all <= cls[-1])).nonzero().squeeze(1)
             in_te = ((yte_all >= cls[0]) & (yte_all <= cls[-1])).nonzero().squeeze(1)
+            if train_per_class is not None:
+                in_tr = torch.cat([in_tr[ytr_all[in_tr] == c][_subsample(in_tr[ytr_all[in_tr] == c], train_per_class, gen)]
+                                   for c in cls]).sort().values
             in_tr = in_tr[_subsample(in_tr, train_per_task, gen)]
             in_te = in_te[_subsample(in_te, test_per_task, gen)]
             tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))

@@ -392,7 +392,8 @@ def buffer_fill(method) -> list[dict]:
 
 def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
     R, R_til = progress["R"], progress["R_til"]
-    metrics = {**M.all_metrics(R, progress["R0"]), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
+    sizes = [len(t.y_test) for t in stream.tasks][: len(R)]
+    metrics = {**M.all_metrics(R, progress["R0"], sizes=sizes), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
     last = progress["ledgers"][-1]
     memory = {**last, "per_task": progress["ledgers"], "violations": progress["violations"],
               "budget_mb": budget.mb, "enforce": budget.enforce}
@@ -405,7 +406,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
                    "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
                    "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
-                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
+                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks],
+                   "test_sizes": [len(t.y_test) for t in stream.tasks]},
         "method": method_name,
         "acc_matrix": R,
         "acc_matrix_task_il": R_til,
