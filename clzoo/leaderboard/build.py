@@ -4,7 +4,7 @@ summary.csv, plots/, index.html).
 Numbers are in %, mean +- sample standard deviation (n - 1) over the seeds that have a complete run whose
 configuration hash equals the one the suite gives now (other runs are *stale* and left out, with a warning).
 Memory is what a method keeps between tasks besides the model itself (total ledger bytes minus the backbone and
-heads categories), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
+heads categories, and a hypernetwork's generator), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
 over MB (:func:`auc_trapezoid`).
 """
 from __future__ import annotations
@@ -19,11 +19,10 @@ from pathlib import Path
 
 from ..engine.checkpoint import atomic_write_text
 from .runs import DEFAULT_RUNS, cell_command, read_results, run_dir_of
+from ..memory.ledger import MB, MODEL_CATEGORIES
 from .suite import (SETTING_LABELS, SETTINGS, Cell, Suite, SuiteError, compose_cell, config_hash, suite_hash,
                     with_seed)
 
-MB = 2**20
-MODEL_CATEGORIES = ("backbone", "heads")
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -44,7 +43,7 @@ def auc_trapezoid(xs: list[float], ys: list[float]) -> float | None:
 
 
 def extra_bytes(results: dict) -> int:
-    """Bytes kept between tasks besides the model: the ledger total minus its backbone and heads."""
+    """Bytes kept between tasks besides the model: the ledger total minus its backbone, heads and generator."""
     cats = results["memory"]["by_category"]
     return sum(v for k, v in cats.items() if k not in MODEL_CATEGORIES)
 

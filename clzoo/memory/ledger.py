@@ -23,10 +23,12 @@ CATEGORIES = (
     "importance",       # parameter importance and anchor parameters (EWC, SI, MAS)
     "prompts",          # prompt pools and keys
     "prototypes",       # class means / prototypes
-    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads)
+    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads, task embeddings)
+    "generator",        # a network that generates the model's weights (a hypernetwork): the model itself for
+                        #   budget purposes (counted only with count_model=true, like backbone and heads)
     "other",
 )
-MODEL_CATEGORIES = ("backbone", "heads")
+MODEL_CATEGORIES = ("backbone", "heads", "generator")
 
 
 def tag_memory(module: nn.Module, category: str) -> nn.Module:
