@@ -130,6 +130,15 @@ def main() -> None:
         lines.append(f"| {r['prev']} | {r['mode']} | {r['step_s'] * 1000:.0f} ({r['median_step_s'] * 1000:.0f}) | "
                      f"{r['steps_per_s']:.2f} | {r['cpu_step_s'] * 1000:.0f} | "
                      f"{r['cpu_step_s'] / base[0]['cpu_step_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    extra = {(r["prev"], r["mode"]): r["cpu_step_s"] - base[0]["cpu_step_s"] for r in rows if r["prev"]}
+    if all(k in extra for k in ((5, "batched"), (10, "batched"), (5, "loop"), (10, "loop"))):
+        lines += ["", f"Regulariser cost per step (CPU, above the step with no earlier task): batched "
+                      f"{extra[5, 'batched'] * 1000:.0f} ms at 5 earlier tasks and {extra[10, 'batched'] * 1000:.0f} ms at "
+                      f"10 (x{extra[10, 'batched'] / extra[5, 'batched']:.2f} for twice the tasks); looped "
+                      f"{extra[5, 'loop'] * 1000:.0f} ms and {extra[10, 'loop'] * 1000:.0f} ms "
+                      f"(x{extra[10, 'loop'] / extra[5, 'loop']:.2f}). The looped form reads the hypernetwork's output "
+                      f"layer once per earlier task, so its cost grows linearly with the tasks and a run's time "
+                      f"quadratically; the batched form reads it once per step, and only the small per-task rows grow."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
