@@ -28,6 +28,9 @@ KIT_ARGS = {
     "hnet": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16]},
     "hyperinterval": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16],
                       "epsilon": 0.1},
+    # the blocks MEMO / DER add later are reserved in the budget: four more 100-100 blocks exceed the kit's 0.05 MB
+    "memo": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
+    "dynamic_der": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
 }
 
 
