@@ -30,6 +30,11 @@ KIT_ARGS = {
     # PASS and NAPA-VQ are trained with Adam in their papers; their weighted losses (x10, T = 0.1) overshoot with SGD
     "pass": {"optimizer": {"name": "adam", "lr": 0.001}},
     "napavq": {"cv_lr": 0.5, "later_lr_scale": 1.0, "optimizer": {"name": "adam", "lr": 0.001}},
+    # hypernetworks: a small generator and target network (the defaults' generator is 1.3 M parameters here);
+    # HyperInterval's default box (epsilon 1) needs more than the kit's 36 SGD steps per task to learn within
+    "hnet": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16]},
+    "hyperinterval": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16],
+                      "epsilon": 0.1},
     # the blocks MEMO / DER add later are reserved in the budget: four more 100-100 blocks exceed the kit's 0.05 MB
     "memo": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
     "dynamic_der": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},

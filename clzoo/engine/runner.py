@@ -347,7 +347,11 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
-            progress["ledgers"].append(ledger.to_dict())
+            ledger_entry = ledger.to_dict()
+            report = getattr(method, "memory_report", None)
+            if callable(report):  # method-specific memory figures (e.g. totals without a weight generator)
+                ledger_entry["method_report"] = report(ledger)
+            progress["ledgers"].append(ledger_entry)
             if violation:
                 progress["violations"].append(violation)
             if writer is not None:

@@ -6,7 +6,7 @@ configuration hash equals the one the suite gives now (other runs are *stale* an
 whose numbers match the digest stored with them (a results.json that cannot be read, or whose numbers were edited,
 is left out and listed under "Runs left out" with the reason; ``build --strict`` fails on any run left out).
 Memory is what a method keeps between tasks besides the model itself (total ledger bytes minus the backbone and
-heads categories), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
+heads categories, and a hypernetwork's generator), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
 over MB (:func:`auc_trapezoid`).
 """
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 
 from ..engine.checkpoint import atomic_write_text
 from .runs import DEFAULT_RUNS, cell_command, digest_problem, load_results, run_dir_of
+from ..memory.ledger import MB, MODEL_CATEGORIES
 from .suite import (SETTING_LABELS, SETTINGS, Cell, Suite, SuiteError, compose_cell, config_hash, suite_hash,
                     with_seed)
 
-MB = 2**20
-MODEL_CATEGORIES = ("backbone", "heads")
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -46,7 +45,7 @@ def auc_trapezoid(xs: list[float], ys: list[float]) -> float | None:
 
 
 def extra_bytes(results: dict) -> int:
-    """Bytes kept between tasks besides the model: the ledger total minus its backbone and heads."""
+    """Bytes kept between tasks besides the model: the ledger total minus its backbone, heads and generator."""
     cats = results["memory"]["by_category"]
     return sum(v for k, v in cats.items() if k not in MODEL_CATEGORIES)
 

@@ -28,10 +28,12 @@ CATEGORIES = (
     "importance",       # parameter importance and anchor parameters (EWC, SI, MAS)
     "prompts",          # prompt pools and keys
     "prototypes",       # class means / prototypes
-    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads)
+    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads, task embeddings)
+    "generator",        # a network that generates the model's weights (a hypernetwork): the model itself for
+                        #   budget purposes (counted only with count_model=true, like backbone and heads)
     "other",
 )
-MODEL_CATEGORIES = ("backbone", "heads")
+MODEL_CATEGORIES = ("backbone", "heads", "generator")
 
 #: how the budget counts. ``full``: every category (the model's only with count_model). ``memo``: the accounting of
 #: MEMO (Zhou et al., ICLR 2023; see clzoo.memory.aligned): exemplar pixels, plus, with count_model, the float32
