@@ -61,7 +61,9 @@ def seed_everything(seed: int) -> None:
 
 def config_hash(config: dict) -> str:
     """A short stable hash of a run's configuration (what the results depend on)."""
-    relevant = {k: v for k, v in config.items() if k not in ("resume", "log", "hydra")}
+    from .online import without_unset_keys
+
+    relevant = {k: v for k, v in without_unset_keys(config).items() if k not in ("resume", "log", "hydra")}
     if isinstance(relevant.get("trainer"), dict):
         # how far a run goes, where it runs and how it logs are not part of what it computes
         ignored = ("max_tasks", "device", "num_threads", "log_every", "eval_batch_size")

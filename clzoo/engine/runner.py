@@ -20,6 +20,7 @@ from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_finite
 from ..models import ContinualModel, mask_logits
 from . import metrics as M
+from . import online
 from .checkpoint import (atomic_write_text, config_hash, latest_checkpoint, load_checkpoint, save_checkpoint,
                          seed_everything, set_rng_state)
 from .reporting import summary, write_metrics_csv, write_plots
@@ -108,10 +109,12 @@ def _write_losses(writer, pending: list) -> None:
     pending.clear()
 
 
-def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool) -> None:
+def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool,
+               anytime: "online.Anytime | None" = None) -> None:
     trainer = cfg["trainer"]
-    online = bool(cfg["stream"].get("online", False))
-    epochs = 1 if online else int(trainer["epochs"])
+    # task-free: the method is not told which task a batch belongs to (engine/online.py)
+    task_arg = None if online.is_task_free(cfg) else task.id
+    epochs = 1 if cfg["stream"].get("online", False) else int(trainer["epochs"])
     bs = int(trainer["batch_size"])
     log_every = max(int(trainer.get("log_every", 10)), 1)
     x_all, y_all = method.training_data(task)
@@ -130,11 +133,13 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
             order = torch.randperm(n, device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = method.observe(x_all[idx], y_all[idx], task.id)
+                loss = method.observe(x_all[idx], y_all[idx], task_arg)
                 step = progress["step"]
                 value = check_finite(loss, task.id, step)
                 progress["step"] = step + 1
                 seen += len(idx)
+                if anytime is not None:
+                    anytime.after_batch(method, task.id, progress, len(idx))
                 if writer is not None and step % log_every == 0:
                     pending.append((step, value, time.time()))
                     if len(pending) >= LOG_BURST:
@@ -168,7 +173,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     train_tf, eval_tf = transforms_from_config(cfg["stream"].get("augment"), device)
     budget = Budget(**(cfg.get("budget") or {}))
     optimizer_cfg = dict(trainer.get("optimizer") or {"name": "sgd", "lr": 0.1})
-    ctx = RunContext(StreamInfo.from_stream(stream), device, train_tf, eval_tf, budget, optimizer_cfg,
+    ctx = RunContext(StreamInfo.from_stream(stream, online.is_task_free(cfg)), device, train_tf, eval_tf, budget, optimizer_cfg,
                      int(trainer["batch_size"]), int(trainer["epochs"]))
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
@@ -176,6 +181,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
+    task_free = online.is_task_free(cfg)
+    online.check_task_free(method, cfg)
     ledger0 = measure(method, budget.count_model, budget.bytes)
     budget.check(ledger0, "before training")
 
@@ -191,6 +198,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
+        online.restore_optimizer(method, progress, task_free)
         set_rng_state(ckpt["rng"])
         start = ckpt["task_id"] + 1
         print(f"resuming {run_dir} after task {ckpt['task_id']} ({start}/{stream.n_tasks} tasks done)")
@@ -208,6 +216,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
+    anytime = online.Anytime(stream, trainer, device, writer)
 
     # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -216,9 +225,10 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
-            method.start_task(task)
-            train_task(method, task, cfg, device, writer, progress, show_progress)
-            method.end_task(task)
+            online.enter_task(method, task, task_free)
+            train_task(method, task, cfg, device, writer, progress, show_progress, anytime)
+            online.leave_task(method, task, task_free)
+            progress.setdefault("task_end_samples", []).append(progress.get("samples", 0))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time = time.perf_counter() - t0
@@ -246,6 +256,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
             print(f"task {task.id}: avg acc {100 * sum(acc[:task.id + 1]) / (task.id + 1):.2f}% class-IL, "
                   f"{100 * sum(acc_til[:task.id + 1]) / (task.id + 1):.2f}% task-IL, "
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
+            online.save_optimizer(method, progress, task_free)
             save_checkpoint(run_dir, task.id, method.state_dict(), progress,
                             keep_last=int(log_cfg.get("keep_checkpoints") or 0))
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
@@ -258,8 +269,13 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
         raise ResumeError(f"{run_dir}: nothing left to train (all {stream.n_tasks} tasks are done)")
     results = assemble_results(cfg, stream, method_name, seed, progress, budget)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    if results.get("anytime") is not None:
+        online.write_anytime_csv(run_dir / "anytime.csv", results["anytime"])
     if log_cfg.get("plots", True):
         write_plots(run_dir, progress["R"], progress["R_til"], f"{method_name} on {stream.name}")
+        if results.get("anytime"):
+            online.plot_anytime(run_dir / "anytime.png", results["anytime"], progress["task_end_samples"],
+                                f"{method_name} on {stream.name}")
     print(summary(results), flush=True)
     return results
 
@@ -287,6 +303,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "metrics": metrics,
         "time": {"train_s": progress["train_s"], "eval_s": progress["eval_s"], "per_task_s": progress["per_task_s"]},
         "memory": memory,
+        **({"anytime": anytime} if (anytime := online.anytime_results(progress, cfg["trainer"])) is not None else {}),
+        **({"task_free": True} if online.is_task_free(cfg) else {}),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),
     }

@@ -380,7 +380,9 @@ def config_hash(cfg: dict) -> str:
     """A short hash of what a run computes: its configuration without execution settings (where data live,
     device, threads, logging, resuming, evaluation batch size), so a run found again on another machine, or
     re-run by ``check`` with another ``--data-root``, matches."""
-    relevant = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}
+    from ..engine.online import without_unset_keys
+
+    relevant = {k: v for k, v in without_unset_keys(cfg).items() if k not in EXECUTION_KEYS}
     if isinstance(relevant.get("trainer"), dict):
         relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k not in EXECUTION_TRAINER_KEYS}
     text = json.dumps(relevant, sort_keys=True, default=str)

@@ -39,14 +39,16 @@ class StreamInfo:
     task_classes: list[list[int]]
     scenario: str = "class_il"
     online: bool = False
+    #: task-free run: no begin_task / end_task, observe gets task_id=None (clzoo/engine/online.py)
+    task_free: bool = False
 
     def classes_seen(self, task_id: int) -> int:
         return max(c for cls in self.task_classes[: task_id + 1] for c in cls) + 1
 
     @classmethod
-    def from_stream(cls, stream) -> "StreamInfo":
+    def from_stream(cls, stream, task_free: bool = False) -> "StreamInfo":
         return cls(stream.n_tasks, stream.n_classes, tuple(stream.input_shape), [t.classes for t in stream.tasks],
-                   stream.scenario, stream.online)
+                   stream.scenario, stream.online, task_free)
 
 
 @dataclass
@@ -86,6 +88,9 @@ class Method(nn.Module):
     method_name: str = ""
     #: True when ``forward`` needs the task id at test time (a task oracle, e.g. per-task parameters)
     needs_task_id: bool = False
+    #: True when the method trains without being told task boundaries (``stream.task_free=true``): it then gets
+    #: no begin_task / end_task calls and ``observe(x, y, task_id=None)``
+    supports_task_free: bool = False
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
