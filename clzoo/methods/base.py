@@ -66,14 +66,15 @@ class RunContext:
 
 
 def build_optimizer(params, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
-                    weight_decay: float = 0.0, nesterov: bool = False, **_ignored) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, nesterov: bool = False, betas=None, **_ignored) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    betas = tuple(betas) if betas is not None else (0.9, 0.999)  # trainer.optimizer.betas (adam, adamw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw (trainer.optimizer.name)")
 
 
@@ -167,18 +168,19 @@ class Method(nn.Module):
         return tag_memory(teacher.eval(), category)
 
     def make_buffer(self, buffer: dict | int | str | None, store_logits: bool = False,
-                    selection: str | None = None, reserved_bytes: int = 0) -> ReplayBuffer:
+                    selection: str | None = None, reserved_bytes: int = 0,
+                    extra_bytes_per_sample: int = 0) -> ReplayBuffer:
         """Build the method's :class:`ReplayBuffer` from ``buffer`` = {capacity, selection} or a capacity.
 
         ``capacity: auto`` takes what the budget leaves after everything the method already holds (and
-        ``reserved_bytes`` it will add later), so methods are compared at equal memory. Call it last in
-        ``__init__``.
+        ``reserved_bytes`` it will add later, and ``extra_bytes_per_sample`` it keeps beside each stored sample,
+        e.g. GSS's score), so methods are compared at equal memory. Call it last in ``__init__``.
         """
         cfg = dict(buffer) if isinstance(buffer, dict) else {"capacity": buffer}
         capacity = cfg.get("capacity", "auto")
         selection = cfg.get("selection") or selection or "reservoir"
         info = self.ctx.stream
-        per_sample = ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
+        per_sample = ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits) + int(extra_bytes_per_sample)
         if capacity in (None, "auto"):
             budget = self.ctx.budget
             if budget.bytes is None:
