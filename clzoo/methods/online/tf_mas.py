@@ -118,7 +118,7 @@ class TaskFreeMAS(Method):
             per_sample = F.cross_entropy(self.model(self.augment(inputs_x)), inputs_y, reduction="none")
             loss = per_sample.mean()
             if step == 0:
-                first = float(loss)
+                first = loss.item()
             if int(self.n_updates) > 0:
                 loss = loss + self.lambda_ / 2 * quadratic_penalty(param_vector(regularized_parameters(self.model)),
                                                                    self.importance, self.anchor)
