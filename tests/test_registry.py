@@ -23,6 +23,10 @@ KIT_ARGS = {
     "mas": {"lambda_": 0.01},
     # iCaRL's teacher copy counts against the budget: on the 100-100 MLP it alone exceeds the kit's 0.05 MB
     "icarl": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}},
+    # the online methods' costly parts made small: fewer buffer gradients (GSS), 4 rotations and a small buffer batch
+    # (OnPro); their own tests (tests/test_online.py) check the full settings' pieces
+    "gss": {"memory_strength": 3, "n_iter": 1},
+    "onpro": {"rotations": 4, "buffer_batch_size": 16, "projection_dim": 16},
 }
 
 
