@@ -33,20 +33,6 @@ from ..models import mask_logits
 from .checkpoint import atomic_write_text
 
 
-#: keys this module added to the stream and trainer configs, left out of configuration hashes while they hold their
-#: default, so runs made before they existed keep their hashes (leaderboard runs are reused by hash)
-ADDED_KEYS = {"stream": {"task_free": False}, "trainer": {"anytime_every": None, "anytime_test_per_task": None}}
-
-
-def without_unset_keys(cfg: dict) -> dict:
-    """``cfg`` (shallow copies) without the :data:`ADDED_KEYS` that hold their default."""
-    out = dict(cfg)
-    for group, defaults in ADDED_KEYS.items():
-        if isinstance(out.get(group), dict):
-            out[group] = {k: v for k, v in out[group].items() if not (k in defaults and v == defaults[k])}
-    return out
-
-
 class TaskFreeError(ValueError):
     """A method that needs task boundaries was asked to run without them."""
 

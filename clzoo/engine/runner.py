@@ -149,6 +149,7 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                     if b % 20 == 0:
                         bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
                                         epoch=epoch)
+            method.end_epoch()
     finally:
         if writer is not None:
             _write_losses(writer, pending)
@@ -183,7 +184,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
     task_free = online.is_task_free(cfg)
     online.check_task_free(method, cfg)
-    ledger0 = measure(method, budget.count_model, budget.bytes)
+    ledger0 = budget.measure(method)
     budget.check(ledger0, "before training")
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
@@ -235,7 +236,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
             t1 = time.perf_counter()
             acc, acc_til = evaluate(method, stream, task.id, device, trainer.get("eval_batch_size", 1000))
             eval_time = time.perf_counter() - t1
-            ledger = measure(method, budget.count_model, budget.bytes)
+            ledger = budget.measure(method)
             violation = budget.check(ledger, f"after task {task.id}")
             progress["R"].append(acc)
             progress["R_til"].append(acc_til)
