@@ -43,6 +43,20 @@ def max_cosine(g: Tensor, reference: Tensor, eps: float = 1e-8) -> Tensor:
     return ((g @ reference.t()) / norms.clamp_min(eps)).max(dim=1).values
 
 
+def max_cosine_per_tensor(grads: dict[str, Tensor], reference: Tensor, eps: float = 1e-8) -> Tensor:
+    """:func:`max_cosine` of the per-sample gradients ``{name: [n, *shape]}`` (flattened in order) without
+    concatenating them: dot products and squared norms are summed tensor by tensor (no [n, P] copy)."""
+    dots, squares, offset = 0.0, 0.0, 0
+    for g in grads.values():
+        rows = g.reshape(g.shape[0], -1)
+        part = reference[:, offset:offset + rows.shape[1]]
+        offset += rows.shape[1]
+        dots = dots + rows @ part.t()
+        squares = squares + rows.pow(2).sum(1)
+    norms = squares.sqrt().unsqueeze(1) * reference.norm(dim=1).unsqueeze(0)
+    return (dots / norms.clamp_min(eps)).max(dim=1).values
+
+
 @register_method("gss")
 class GSS(Method):
     supports_task_free = True  # the task id is only stored (task-free: -1)
@@ -86,7 +100,7 @@ class GSS(Method):
         """Score of each sample of network input ``x``: max cosine of its own gradient to ``reference``."""
         grads, _ = per_sample_grads(self.model, lambda logits, t: F.cross_entropy(logits.unsqueeze(0), t.view(1)),
                                     x, y)
-        return max_cosine(flat_grads(grads), reference)
+        return max_cosine_per_tensor(grads, reference)
 
     # ------------------------------------------------------------------ the step
     def observe(self, x, y, task_id):
