@@ -314,3 +314,13 @@ def test_onpro_learns_its_first_task_and_trains_on_the_buffer_after(stream):
             assert torch.isfinite(loss)
     assert int(method.seen.sum()) == 4
     assert (method.classes_mean[:4].abs().sum(1) > 0).all() and method.classes_mean[4:].abs().sum() == 0
+
+
+def test_er_ace_task_free_masks_from_the_first_batch(tmp_path):
+    cfg = online_config("er_ace", buffer={"capacity": 50})
+    cfg["stream"]["task_free"] = True
+    res = run(cfg, tmp_path / "r", show_progress=False)
+    ckpt = torch.load(sorted((tmp_path / "r" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    assert int(ckpt["method"]["max_label"]) == 9  # the largest label seen so far: classes 0..9 seen
+    assert res["memory"]["by_category"]["other"] == 8  # the 8-byte counter is paid for
+    assert res["acc_matrix_task_il"][0][0] > 0.6
