@@ -134,11 +134,12 @@ class OnPro(Method):
         feats = self.model.features(x)
         return F.normalize(feats, dim=1), F.normalize(self.projection(feats), dim=1)
 
-    def similarities(self, feats: Tensor, proj: Tensor) -> Tensor:
-        """OCM's similarity: proj . proj + proj . (a random projection-wide slice of the features)."""
+    def similarities(self, feats: Tensor, proj: Tensor, scale: float = 1.0) -> Tensor:
+        """OCM's similarity: proj . proj + proj . (a random projection-wide slice of the features), times
+        ``scale`` (``sim_lambda`` after the first task, 1 during it, as the official code)."""
         extra = feats.shape[1] - proj.shape[1]
         start = int(torch.randint(0, max(extra, 1), ()))
-        return self.sim_lambda * (proj @ feats[:, start:start + proj.shape[1]].t() + proj @ proj.t())
+        return scale * (proj @ feats[:, start:start + proj.shape[1]].t() + proj @ proj.t())
 
     def seen_prototype_loss(self, mem_x: Tensor, mem_y: Tensor) -> Tensor:
         """OPE on a buffer batch (two views); its prototypes become ``classes_mean`` (APF's distances)."""
@@ -209,10 +210,10 @@ class OnPro(Method):
             rot_r = rotation_views(mix_x, v)
             feats, proj = self.project(torch.cat([rot, self.views(rot), rot_r, self.views(rot_r)]))
             n_in = 2 * len(rot)
-            ins = sup_nt_xent(self.similarities(feats[:n_in], proj[:n_in]), view_labels(y, v, n_classes),
-                              self.ins_temperature)
+            ins = sup_nt_xent(self.similarities(feats[:n_in], proj[:n_in], self.sim_lambda),
+                              view_labels(y, v, n_classes), self.ins_temperature)
             mixed_labels = (1 - lam) * ya + lam * yb  # the official code contrasts mixed samples by mixed label
-            ins = ins + sup_nt_xent_uniform(self.similarities(feats[n_in:], proj[n_in:]),
+            ins = ins + sup_nt_xent_uniform(self.similarities(feats[n_in:], proj[n_in:], self.sim_lambda),
                                             view_labels(mixed_labels, v, n_classes), self.ins_temperature)
             logits = self.model(self.views(mix_x))
             ce = ((1 - lam) * F.cross_entropy(logits, ya, reduction="none")
