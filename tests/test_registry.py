@@ -35,6 +35,10 @@ KIT_ARGS = {
     "hnet": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16]},
     "hyperinterval": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [32]}, "emb_dim": 8, "hidden": [16],
                       "epsilon": 0.1},
+    # the online methods' costly parts made small: fewer buffer gradients (GSS), 4 rotations and a small buffer batch
+    # (OnPro); their own tests (tests/test_online.py) check the full settings' pieces
+    "gss": {"memory_strength": 3, "n_iter": 1},
+    "onpro": {"rotations": 4, "buffer_batch_size": 16, "projection_dim": 16},
     # the blocks MEMO / DER add later are reserved in the budget: four more 100-100 blocks exceed the kit's 0.05 MB
     "memo": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
     "dynamic_der": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
