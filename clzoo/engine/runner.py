@@ -19,6 +19,7 @@ from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_finite
 from ..models import ContinualModel, mask_logits
+from ..models.pretrained import check_source_overlap
 from . import metrics as M
 from .checkpoint import (atomic_write_text, config_hash, latest_checkpoint, load_checkpoint, save_checkpoint,
                          seed_everything, set_rng_state)
@@ -173,6 +174,8 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)
+    # a pretrained backbone whose card says it has seen the stream's classes is refused (model.allow_overlap)
+    provenance = check_source_overlap(model.backbone, stream)
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
@@ -180,7 +183,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     budget.check(ledger0, "before training")
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
-                "ledgers": [], "violations": [], "config_hash": chash}
+                "ledgers": [], "violations": [], "config_hash": chash, "backbone": provenance}
     start = 0
     if cfg.get("resume", False) and latest_checkpoint(run_dir) is not None:
         ckpt = load_checkpoint(latest_checkpoint(run_dir))
@@ -232,7 +235,10 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
-            progress["ledgers"].append(ledger.to_dict())
+            ledger_dict = ledger.to_dict()
+            if hasattr(method, "memory_detail"):  # what the ledger's totals do not say (e.g. allocated vs used)
+                ledger_dict["detail"] = method.memory_detail()
+            progress["ledgers"].append(ledger_dict)
             if violation:
                 progress["violations"].append(violation)
             if writer is not None:
@@ -287,6 +293,7 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "metrics": metrics,
         "time": {"train_s": progress["train_s"], "eval_s": progress["eval_s"], "per_task_s": progress["per_task_s"]},
         "memory": memory,
+        "backbone": progress.get("backbone"),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),
     }

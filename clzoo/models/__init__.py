@@ -6,6 +6,8 @@ from torch import Tensor, nn
 
 from ..memory.ledger import tag_memory
 from .backbones import MLP, PretrainedWeightsError, ResNet, TimmBackbone, reduced_resnet18, resnet32
+from .pretrained import CheckpointError, SourceOverlapError
+from .prompted_vit import PromptedViT
 
 
 class ContinualModel(nn.Module):
@@ -45,4 +47,4 @@ def mask_logits(logits: Tensor, classes) -> Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
-__all__ = ["ContinualModel", "MLP", "PretrainedWeightsError", "ResNet", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]
+__all__ = ["ContinualModel", "CheckpointError", "MLP", "PretrainedWeightsError", "PromptedViT", "SourceOverlapError", "ResNet", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]
