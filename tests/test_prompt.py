@@ -118,6 +118,7 @@ def test_coda_freezes_earlier_components_and_masks_past_classes():
         if name.startswith("prompt."):
             assert torch.equal(after_init[name][:2], before[name][:2]), name   # task 0's rows kept bit for bit
             assert not torch.equal(after_init[name][2:4], before[name][2:4]), name
+    method.zero_grad(set_to_none=True)
     feats, _ = method.features(method.augment(x), train=True, task_id=1)
     torch.nn.functional.cross_entropy(method.model.head(feats)[:, 2:4], torch.tensor([0, 1] * 4)).backward()
     for name, p in method.prompt.named_parameters():

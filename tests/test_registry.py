@@ -34,7 +34,7 @@ KIT_ARGS = {
     "head_joint": {"model": PROMPT_VIT},
     # L2P's prompt tokens (uniform in [-1, 1)) and DualPrompt's prefixes at every block (uniform in [0, 1)) swamp a
     # random frozen ViT's small activations, so on it they learn little (L2P: chance); the kit checks their
-    # contract here, and test_pretrained.py checks that they learn on a pretrained tiny ViT
+    # contract here (on a tiny pretrained ViT they do learn: 0.75 / 0.83 task-IL, test_pretrained.py for L2P++)
     "dualprompt": {"model": PROMPT_VIT, "e_length": 4, "g_length": 2, "g_layers": [0], "e_layers": [1],
                    "min_task_il_acc": 0.5},
     "l2p": {"model": PROMPT_VIT, "pool_size": 6, "length": 2, "top_k": 2, "min_task_il_acc": 0.45},

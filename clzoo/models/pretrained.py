@@ -129,7 +129,8 @@ def load_timm_checkpoint(net: nn.Module, checkpoint, name: str) -> dict | None:
               f"{tuple(own_pos.shape)} (timm's resample_abs_pos_embed, bicubic: the image size or patch size differs "
               f"from the checkpoint's)", flush=True)
     file_classes = int(state[classifier[0] + ".weight"].shape[0]) if classifier and classifier[0] + ".weight" in state else 0
-    cfg = {**net.pretrained_cfg, "file": str(path), "num_classes": file_classes}
+    # custom_load: the hub default of some tags (augreg .npz); a local torch file loads as a state dict
+    cfg = {**net.pretrained_cfg, "file": str(path), "num_classes": file_classes, "custom_load": False}
     for source_key in ("url", "hf_hub_id", "state_dict"):
         cfg.pop(source_key, None)
     load_pretrained(net, pretrained_cfg=cfg, num_classes=0, in_chans=net.patch_embed.proj.in_channels
