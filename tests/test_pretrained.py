@@ -104,3 +104,22 @@ def test_overlapping_stream_is_refused_unless_allowed_and_prompts_learn(pretrain
     assert results["backbone"]["overlap_classes"] == [5, 6, 7, 8, 9] and results["backbone"]["card"] == card
     R = results["acc_matrix_task_il"]
     assert sum(R[i][i] for i in range(5)) / 5 > 0.75  # prompts + head learn on the pretrained backbone
+
+
+def test_clr_reprograms_a_pretrained_network_from_task_0(tmp_path):
+    """With model.checkpoint, CLR freezes the loaded network from the start and gives task 0 CLR layers too."""
+    from clzoo.engine.runner import run
+
+    torch.manual_seed(0)
+    net = reduced_resnet18((1, 8, 8), nf=4)
+    torch.save(net.state_dict(), tmp_path / "backbone.pt")
+    model = {"_target_": "clzoo.models.reduced_resnet18", "nf": 4, "checkpoint": str(tmp_path / "backbone.pt")}
+    cfg = tiny_config("clr", model=model, epochs=1)
+    cfg["trainer"]["max_tasks"] = 2
+    run(cfg, tmp_path / "run", show_progress=False)
+    state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("task_*.pt"))[-1], weights_only=False)["method"]
+    convs = {k: v for k, v in net.state_dict().items() if k.endswith("conv1.weight") or k.endswith("conv2.weight")}
+    for key, value in convs.items():
+        ours = state["model.backbone." + key.replace(".weight", ".conv.weight")]
+        assert torch.equal(ours, value), key  # the pretrained convolutions never change
+    assert any(k.startswith("model.backbone.conv1.reprogram.0.") for k in state)  # task 0 is reprogrammed
