@@ -38,6 +38,9 @@ KIT_ARGS = {
     "dualprompt": {"model": PROMPT_VIT, "e_length": 4, "g_length": 2, "g_layers": [0], "e_layers": [1],
                    "min_task_il_acc": 0.5},
     "l2p": {"model": PROMPT_VIT, "pool_size": 6, "length": 2, "top_k": 2, "min_task_il_acc": 0.45},
+    # the blocks MEMO / DER add later are reserved in the budget: four more 100-100 blocks exceed the kit's 0.05 MB
+    "memo": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
+    "dynamic_der": {"model": {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}},
 }
 
 

@@ -103,6 +103,19 @@ def _subsample(y: Tensor, n: int | None, gen: torch.Generator) -> Tensor:
     return torch.randperm(len(y), generator=gen)[:n].sort().values
 
 
+def shuffled_class_order(n_classes: int, seed: int, rng: str = "torch", gen: torch.Generator | None = None) -> list[int]:
+    """A seeded class order. ``rng="numpy"`` reproduces the orders of PyCIL / PASS / MEMO
+    (``np.random.seed(seed); np.random.permutation(n)``; their CIFAR-100 papers use seed 1993); ``"torch"`` draws
+    from ``gen`` (clzoo's own order, seeded by ``stream.class_order_seed``)."""
+    if rng == "numpy":
+        import numpy as np
+
+        return np.random.RandomState(seed).permutation(n_classes).tolist()
+    if rng != "torch":
+        raise StreamError(f"unknown stream.class_order_rng '{rng}'; choose torch or numpy")
+    return torch.randperm(n_classes, generator=gen or torch.Generator().manual_seed(seed)).tolist()
+
+
 def _rotate(x: Tensor, degrees: float) -> Tensor:
     from torchvision.transforms.functional import rotate
 
@@ -117,6 +130,7 @@ def build_stream(
     first_task_classes: int | None = None,
     class_order: list[int] | None = None,
     class_order_seed: int | None = None,
+    class_order_rng: str = "torch",
     domain_transform: str | None = None,
     train_per_task: int | None = None,
     test_per_task: int | None = None,
@@ -166,7 +180,7 @@ def build_stream(
             if sorted(order) != list(range(n_classes)):
                 raise StreamError(f"class_order must be a permutation of 0..{n_classes - 1}; got {order}")
         elif class_order_seed is not None:
-            order = torch.randperm(n_classes, generator=gen).tolist()
+            order = shuffled_class_order(n_classes, int(class_order_seed), class_order_rng, gen)
         else:
             order = list(range(n_classes))
         counts = _task_class_counts(n_classes, n_tasks, classes_per_task, first_task_classes)
@@ -192,5 +206,5 @@ def build_stream(
         class_order=order,
         class_names=[src.class_names[c] for c in order],
         online=online,
-        info={"dataset": src.name, "class_order_seed": class_order_seed, "domain_transform": domain_transform},
+        info={"dataset": src.name, "class_order_seed": class_order_seed, "class_order_rng": class_order_rng, "domain_transform": domain_transform},
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import copy
 import json
 import os
 import random
@@ -59,8 +60,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Options added after runs were committed, with the default that leaves results unchanged. A key at this value is
+#: left out of configuration hashes, so runs made before the option existed keep their hash (and are not re-run or
+#: reported stale); any other value is hashed as usual. Add a new option here when its default changes nothing.
+NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
+    ("trainer", "optimizer", "milestones"): [],
+    ("trainer", "optimizer", "gamma"): 0.1,
+    ("budget", "convention"): "full",
+    ("stream", "class_order_rng"): "torch",
+}
+
+
+def without_neutral_defaults(config: dict) -> dict:
+    """A copy of ``config`` without the options of :data:`NEUTRAL_DEFAULTS` that are at their neutral default."""
+    out = copy.deepcopy(config)
+    for path, neutral in NEUTRAL_DEFAULTS.items():
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == neutral:
+            del node[path[-1]]
+    return out
+
+
 def config_hash(config: dict) -> str:
     """A short stable hash of a run's configuration (what the results depend on)."""
+    config = without_neutral_defaults(config)
     relevant = {k: v for k, v in config.items() if k not in ("resume", "log", "hydra")}
     if isinstance(relevant.get("trainer"), dict):
         # how far a run goes, where it runs and how it logs are not part of what it computes

@@ -145,6 +145,7 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                     if b % 20 == 0:
                         bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
                                         epoch=epoch)
+            method.end_epoch()
     finally:
         if writer is not None:
             _write_losses(writer, pending)
@@ -179,7 +180,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
-    ledger0 = measure(method, budget.count_model, budget.bytes)
+    ledger0 = budget.measure(method)
     budget.check(ledger0, "before training")
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
@@ -228,7 +229,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
             t1 = time.perf_counter()
             acc, acc_til = evaluate(method, stream, task.id, device, trainer.get("eval_batch_size", 1000))
             eval_time = time.perf_counter() - t1
-            ledger = measure(method, budget.count_model, budget.bytes)
+            ledger = budget.measure(method)
             violation = budget.check(ledger, f"after task {task.id}")
             progress["R"].append(acc)
             progress["R_til"].append(acc_til)

@@ -49,8 +49,10 @@ def extra_bytes(results: dict) -> int:
     return sum(v for k, v in cats.items() if k not in MODEL_CATEGORIES)
 
 
-def run_values(results: dict, settings: list[str], input_bytes: int | None) -> dict[str, float]:
-    """The numbers of one run that the tables aggregate (accuracies in %)."""
+def run_values(results: dict, settings: list[str], input_bytes: int | None,
+               memory_axis: str = "besides_model") -> dict[str, float]:
+    """The numbers of one run that the tables aggregate (accuracies in %). ``memory_mb`` is the suite's memory
+    axis: the bytes kept besides the model, or (``counted``) the bytes the run's budget counts."""
     m = results["metrics"]
     out = {}
     for s in settings:
@@ -59,6 +61,13 @@ def run_values(results: dict, settings: list[str], input_bytes: int | None) -> d
             v = m.get(key + sfx)
             out[f"{s}:{key}"] = math.nan if v is None else 100.0 * v
     out["memory_mb"] = extra_bytes(results) / MB
+    if memory_axis == "counted":
+        mem = results["memory"]
+        out["memory_mb"] = mem["budgeted_bytes"] / MB
+        params = mem.get("parameter_bytes") or {}
+        counted_model = sum(params.get(c, 0) for c in ("backbone", "per_task")) if mem.get("count_model") else 0
+        out["model_mb"] = counted_model / MB
+        out["exemplar_mb"] = (mem["budgeted_bytes"] - counted_model) / MB
     out["memory_bytes"] = float(extra_bytes(results))
     out["total_bytes"] = float(results["memory"]["total_bytes"])
     out["exemplars"] = (results["memory"]["by_category"].get("exemplars", 0) / input_bytes) if input_bytes else math.nan
@@ -126,10 +135,11 @@ class SuiteResult:
             return [c for c in budgeted if c.cell.budget.kind in ("bytes_of", "mb")]
         return budgeted
 
-    def auc(self, name: str, setting: str) -> tuple[float | None, float, float]:
+    def auc(self, name: str, setting: str, metric: str = "final_acc") -> tuple[float | None, float, float]:
+        """Area under ``metric`` (final accuracy: AUC-L; average incremental accuracy: AUC-A) versus memory."""
         pts = self.auc_points(name)
         xs = [c.stat("memory_mb")[0] for c in pts]
-        ys = [c.stat(f"{setting}:final_acc")[0] for c in pts]
+        ys = [c.stat(f"{setting}:{metric}")[0] for c in pts]
         return auc_trapezoid(xs, ys), (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
 
 
@@ -161,7 +171,7 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
                                        f"the suite's {h}); re-run it with clzoo-leaderboard run")
                 continue
             cr.runs[seed] = r
-            cr.values[seed] = run_values(r, suite.settings, input_bytes)
+            cr.values[seed] = run_values(r, suite.settings, input_bytes, suite.memory_axis)
         result.cells.append(cr)
     folder = Path(runs_root) / suite.name
     ids = {c.id for c in suite.cells}
@@ -218,9 +228,14 @@ def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
 
 
 def auc_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
+    """One row per method with two or more memory points: the area under final accuracy versus memory (on a
+    ``counted`` axis, MEMO's AUC-L, and AUC-A over average incremental accuracy too), trapezoid rule."""
     settings = sr.suite.settings
-    headers = ["Method (cell name)", "Memory range (MB)", "Points"] + [f"AUC {SETTING_LABELS[s]} (%·MB)"
-                                                                        for s in settings]
+    metrics = [("final_acc", "AUC-L" if sr.suite.memory_axis == "counted" else "AUC")]
+    if sr.suite.memory_axis == "counted":
+        metrics.append(("avg_incremental_acc", "AUC-A"))
+    headers = ["Method (cell name)", "Memory range (MB)", "Points"] + [
+        f"{label} {SETTING_LABELS[s]} (%·MB)" for _, label in metrics for s in settings]
     headers += [f"Mean {SETTING_LABELS[s]} over the range (%)" for s in settings]
     rows = []
     names = []
@@ -231,11 +246,11 @@ def auc_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
         pts = sr.auc_points(name)
         if len(pts) < 2:
             continue
-        aucs = [sr.auc(name, s) for s in settings]
+        aucs = [sr.auc(name, s, metric) for metric, _ in metrics for s in settings]
         lo, hi = aucs[0][1], aucs[0][2]
         row = [name, f"{lo:.4g} – {hi:.4g}", ", ".join(p.cell.id for p in sorted(pts, key=lambda p: p.cell.budget.sort_key()))]
         row += [f"{a[0]:.4g}" if a[0] is not None else "–" for a in aucs]
-        row += [fmt(a[0] / (hi - lo)) if a[0] is not None and hi > lo else "–" for a in aucs]
+        row += [fmt(a[0] / (hi - lo)) if a[0] is not None and hi > lo else "–" for a in aucs[:len(settings)]]
         rows.append(row)
     return headers, rows
 
@@ -372,7 +387,8 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
                 ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("memory kept besides the model (MB = 2^20 bytes" + (", log scale)" if log_x else ")"))
+            ax.set_xlabel(("memory counted by the budget: model + exemplars" if sr.suite.memory_axis == "counted" else
+                           "memory kept besides the model") + " (MB = 2^20 bytes" + (", log scale)" if log_x else ")"))
             ax.set_ylabel(f"final {SETTING_LABELS[s]} accuracy (%)")
             ax.set_ylim(*_ylim([c.stat(f"{s}:final_acc")[0] - c.stat(f"{s}:final_acc")[1] for c in done]))
             ax.grid(alpha=0.3, which="both")
@@ -396,7 +412,42 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
         paths.append(out_dir / f"{name}_acc_vs_memory.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    if sr.suite.memory_axis == "counted":
+        stacked = plot_memory_stack(sr, out_dir)
+        if stacked is not None:
+            paths.append(stacked)
     return paths
+
+
+def plot_memory_stack(sr: SuiteResult, out_dir: Path) -> Path | None:
+    """``<suite>_memory_stack.png``: every budgeted cell's counted memory as model + exemplars on one axis (MB),
+    with its final accuracy written beside the bar (MEMO's "a model or 603 exemplars" view)."""
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in sr.cells if c.n and c.cell.budget.kind != "none" and "model_mb" in next(iter(c.values.values()))]
+    if not cells:
+        return None
+    cells.sort(key=lambda c: (c.stat("memory_mb")[0], c.cell.id))
+    setting = sr.suite.settings[0]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(cells) + 1.5))
+    ys = range(len(cells))
+    model = [c.stat("model_mb")[0] for c in cells]
+    exemplars = [c.stat("exemplar_mb")[0] for c in cells]
+    ax.barh(ys, model, color="#4c72b0", label="model parameters")
+    ax.barh(ys, exemplars, left=model, color="#dd8452", label="exemplars")
+    for y, c, m, e in zip(ys, cells, model, exemplars):
+        ax.text(m + e, y, f"  {c.stat(f'{setting}:final_acc')[0]:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [c.cell.id for c in cells], fontsize=8)
+    ax.set_xlabel("memory counted by the budget (MB = 2^20 bytes)")
+    ax.set_title(f"{sr.suite.title or sr.suite.name}: model and exemplars on one axis "
+                 f"(final {SETTING_LABELS[setting]} accuracy beside each bar)", fontsize=10)
+    ax.set_xlim(0, 1.12 * max(m + e for m, e in zip(model, exemplars)))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = out_dir / f"{sr.suite.name}_memory_stack.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------- files

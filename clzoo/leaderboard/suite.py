@@ -48,7 +48,10 @@ import yaml
 
 SETTINGS = {"class_il": "", "task_il": "_task_il", "domain_il": ""}  # accuracy column -> results.json suffix
 SETTING_LABELS = {"class_il": "Class-IL", "task_il": "Task-IL", "domain_il": "Domain-IL"}
-TOP_KEYS = ("title", "description", "stream", "common", "seeds", "settings", "reference_source", "cells")
+TOP_KEYS = ("title", "description", "stream", "common", "seeds", "settings", "reference_source", "memory_axis", "cells")
+#: the x axis of accuracy versus memory: what a method keeps besides the model (default), or what its budget counts
+#: (``counted``: with budget.convention=memo and count_model=true, model parameters plus exemplars, as MEMO)
+MEMORY_AXES = ("besides_model", "counted")
 CELL_KEYS = ("method", "name", "overrides", "buffers", "equal_bytes", "budgets_mb", "per_buffer", "reference",
              "source", "note")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
@@ -142,6 +145,7 @@ class Suite:
     title: str | None = None
     description: str | None = None
     reference_source: str | None = None
+    memory_axis: str = "besides_model"
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
@@ -289,13 +293,16 @@ def parse_suite(data: Any, path: str | Path, name: str | None = None) -> Suite:
     for key in ("title", "description", "reference_source"):
         if data.get(key) is not None and not isinstance(data[key], str):
             _fail(f"{where}: {key}", f"must be a string, got {data[key]!r}")
+    memory_axis = data.get("memory_axis", "besides_model")
+    if memory_axis not in MEMORY_AXES:
+        _fail(f"{where}: memory_axis", f"must be one of {', '.join(MEMORY_AXES)}, got {memory_axis!r}")
     cells_in = data["cells"]
     if not isinstance(cells_in, list) or not cells_in:
         _fail(f"{where}: cells", "must be a non-empty list of cells (each with at least 'method')")
 
     suite = Suite(name=name or path.stem, path=path, stream=stream, seeds=list(seeds), cells=[], common=common,
                   settings=list(settings), title=data.get("title"), description=data.get("description"),
-                  reference_source=data.get("reference_source"))
+                  reference_source=data.get("reference_source"), memory_axis=memory_axis)
     for i, entry in enumerate(cells_in):
         cw = f"{where}: cells[{i}]"
         if not isinstance(entry, dict) or "method" not in entry:
@@ -380,7 +387,9 @@ def config_hash(cfg: dict) -> str:
     """A short hash of what a run computes: its configuration without execution settings (where data live,
     device, threads, logging, resuming, evaluation batch size), so a run found again on another machine, or
     re-run by ``check`` with another ``--data-root``, matches."""
-    relevant = {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}
+    from ..engine.checkpoint import without_neutral_defaults
+
+    relevant = {k: v for k, v in without_neutral_defaults(cfg).items() if k not in EXECUTION_KEYS}
     if isinstance(relevant.get("trainer"), dict):
         relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k not in EXECUTION_TRAINER_KEYS}
     text = json.dumps(relevant, sort_keys=True, default=str)

@@ -28,6 +28,13 @@ CATEGORIES = (
 )
 MODEL_CATEGORIES = ("backbone", "heads")
 
+#: how the budget counts. ``full``: every category (the model's only with count_model). ``memo``: the accounting of
+#: MEMO (Zhou et al., ICLR 2023; see clzoo.memory.aligned): exemplar pixels, plus, with count_model, the float32
+#: parameters of the feature extractor (``backbone`` and ``per_task`` parameters; heads, BatchNorm statistics,
+#: stored logits and labels, teachers and the rest are reported but not counted).
+CONVENTIONS = ("full", "memo")
+MEMO_MODEL_CATEGORIES = ("backbone", "per_task")
+
 
 def tag_memory(module: nn.Module, category: str) -> nn.Module:
     """File every tensor under ``module`` in the ledger category ``category``; returns the module."""
@@ -62,15 +69,32 @@ class Ledger:
     count_model: bool = False
     budget_bytes: int | None = None
     by_tensor: dict[str, int] = field(default_factory=dict, repr=False)
+    #: bytes of trainable-parameter tensors (nn.Parameter) by category, for the ``memo`` convention
+    param_bytes: dict[str, int] = field(default_factory=dict)
+    convention: str = "full"
 
     @property
     def total_bytes(self) -> int:
         return sum(self.by_category.values())
 
     @property
+    def memo_bytes(self) -> int:
+        """MEMO's accounting: exemplar pixels plus the parameters of the feature extractor (model and expansions)."""
+        return self.by_category.get("exemplars", 0) + sum(self.param_bytes.get(c, 0) for c in MEMO_MODEL_CATEGORIES)
+
+    @property
     def budgeted_bytes(self) -> int:
-        """Bytes that count against the budget: everything, or everything but the model (count_model=false)."""
+        """Bytes that count against the budget under the ledger's convention (see :data:`CONVENTIONS`)."""
+        if self.convention == "memo":
+            model = sum(self.param_bytes.get(c, 0) for c in MEMO_MODEL_CATEGORIES) if self.count_model else 0
+            return self.by_category.get("exemplars", 0) + model
         return sum(b for c, b in self.by_category.items() if self.count_model or c not in MODEL_CATEGORIES)
+
+    def counted(self, category: str) -> bool:
+        """Whether ``category`` counts against the budget (the whole category, in the ``full`` convention)."""
+        if self.convention == "memo":
+            return category == "exemplars" or (self.count_model and category in MEMO_MODEL_CATEGORIES)
+        return self.count_model or category not in MODEL_CATEGORIES
 
     @property
     def over_budget(self) -> bool:
@@ -81,7 +105,9 @@ class Ledger:
         lines = [f"{'category':<16}{'bytes':>14}{'MB':>10}  counted"]
         for cat, b in self.by_category.items():
             if b:
-                counted = "yes" if (self.count_model or cat not in MODEL_CATEGORIES) else "no"
+                counted = "yes" if self.counted(cat) else "no"
+                if self.convention == "memo" and self.counted(cat) and cat != "exemplars":
+                    counted = f"parameters ({self.param_bytes.get(cat, 0):,} B)"
                 lines.append(f"{cat:<16}{b:>14,}{b / MB:>10.3f}  {counted}")
         lines.append(f"{'counted total':<16}{self.budgeted_bytes:>14,}{self.budgeted_bytes / MB:>10.3f}")
         if self.budget_bytes is not None:
@@ -91,17 +117,21 @@ class Ledger:
     def to_dict(self) -> dict:
         return {"total_bytes": self.total_bytes, "budgeted_bytes": self.budgeted_bytes,
                 "by_category": dict(self.by_category), "budget_bytes": self.budget_bytes,
-                "count_model": self.count_model}
+                "count_model": self.count_model, "convention": self.convention,
+                "parameter_bytes": dict(self.param_bytes), "memo_bytes": self.memo_bytes}
 
 
 def measure(module: nn.Module, count_model: bool = False, budget_bytes: int | None = None,
-            exclude: tuple[str, ...] = ()) -> Ledger:
+            exclude: tuple[str, ...] = (), convention: str = "full") -> Ledger:
     """Measure the bytes of ``module.state_dict()`` by category (tensors shared between keys counted once).
 
     ``exclude`` drops keys under the given prefixes (used to plan an ``auto`` buffer before it exists).
     """
     categories = categorize(module)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown budget.convention '{convention}'; choose one of {', '.join(CONVENTIONS)}")
     by_category = {c: 0 for c in CATEGORIES}
+    param_bytes = {c: 0 for c in CATEGORIES}
     by_tensor: dict[str, int] = {}
     seen: set[tuple[int, int]] = set()
     for key, tensor in module.state_dict(keep_vars=True).items():
@@ -116,7 +146,9 @@ def measure(module: nn.Module, count_model: bool = False, budget_bytes: int | No
         nbytes = tensor.numel() * tensor.element_size()
         by_tensor[key] = nbytes
         by_category[categories.get(key, "other")] += nbytes
-    return Ledger(by_category, count_model, budget_bytes, by_tensor)
+        if isinstance(tensor, nn.Parameter):
+            param_bytes[categories.get(key, "other")] += nbytes
+    return Ledger(by_category, count_model, budget_bytes, by_tensor, param_bytes, convention)
 
 
 class BudgetError(ValueError):
@@ -130,10 +162,23 @@ class Budget:
     mb: float | None = None
     count_model: bool = False
     enforce: bool = True
+    convention: str = "full"
+
+    def __post_init__(self):
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"unknown budget.convention '{self.convention}'; choose one of {', '.join(CONVENTIONS)}")
 
     @property
     def bytes(self) -> int | None:
         return None if self.mb is None else int(round(float(self.mb) * MB))
+
+    def measure(self, module: nn.Module, exclude: tuple[str, ...] = ()) -> "Ledger":
+        """The ledger of ``module`` under this budget's settings (count_model, convention)."""
+        return measure(module, self.count_model, self.bytes, exclude, self.convention)
+
+    def sample_cost(self, full_bytes: int, input_bytes: int) -> int:
+        """What one stored exemplar costs against this budget: all it stores (``full``) or its pixels (``memo``)."""
+        return input_bytes if self.convention == "memo" else full_bytes
 
     def check(self, ledger: Ledger, when: str) -> str | None:
         """Raise :class:`BudgetError` (enforce) or return a violation message when ``ledger`` is over budget."""

@@ -118,7 +118,18 @@ class Method(nn.Module):
         return self.model.parameters()
 
     def reset_optimizer(self) -> None:
+        """A fresh optimizer over :meth:`trainable_parameters` (and its learning-rate schedule, when
+        ``trainer.optimizer.milestones`` is set: multiplied by ``gamma`` at those epochs of every task)."""
         self.opt = build_optimizer(self.trainable_parameters(), **self.ctx.optimizer)
+        milestones = self.ctx.optimizer.get("milestones") or []
+        self.lr_schedule = (torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(m) for m in milestones],
+                                                                 float(self.ctx.optimizer.get("gamma", 0.1)))
+                            if milestones else None)
+
+    def end_epoch(self) -> None:
+        """Called by the engine after every epoch of a task: advances the learning-rate schedule."""
+        if getattr(self, "lr_schedule", None) is not None:
+            self.lr_schedule.step()
 
     def start_task(self, task) -> None:
         """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
@@ -173,14 +184,15 @@ class Method(nn.Module):
         capacity = cfg.get("capacity", "auto")
         selection = cfg.get("selection") or selection or "reservoir"
         info = self.ctx.stream
-        per_sample = ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
         if capacity in (None, "auto"):
             budget = self.ctx.budget
             if budget.bytes is None:
                 raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
                                   f"or a fixed method.buffer.capacity=N")
-            held = (measure(self, count_model=budget.count_model).budgeted_bytes + int(reserved_bytes)
-                    + ReplayBuffer.FIXED_BYTES)
+            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits),
+                                            math.prod(info.input_shape))  # uint8 pixels
+            held = (budget.measure(self).budgeted_bytes + int(reserved_bytes)
+                    + (ReplayBuffer.FIXED_BYTES if budget.convention == "full" else 0))
             capacity = (budget.bytes - held) // per_sample
             if capacity < 1:
                 needed = held + per_sample

@@ -27,6 +27,14 @@ class MLP(nn.Module):
         for layer in self.net:
             self.init_head(layer)
 
+    def expansion_split(self) -> tuple[nn.Module, nn.Module]:
+        """(generalized, specialized) for expansion methods (MEMO): every layer but the last hidden one is shared,
+        the last hidden layer (Linear + ReLU) is specialized."""
+        if len(self.net) < 5:
+            raise ValueError("an MLP needs at least two hidden layers to split into generalized and specialized "
+                             "blocks (model.hidden_sizes=[100,100])")
+        return nn.Sequential(*self.net[:-2]), nn.Sequential(*self.net[-2:])
+
     def init_head(self, layer: nn.Module) -> None:
         """``xavier``: Xavier-uniform weights and zero biases, as the DER paper's MNIST network (mammoth initialises
         every linear layer so, the classifier too); ``default`` keeps PyTorch's initialisation."""
@@ -94,6 +102,14 @@ class ResNet(nn.Module):
         x = self.stages(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
+    def expansion_split(self) -> tuple[nn.Module, nn.Module]:
+        """(generalized, specialized) as MEMO splits a ResNet (Zhou et al., ICLR 2023): the stem and every stage but
+        the last are shared; the last stage plus pooling is specialized (CIFAR ResNet-32: 112,016 / 351,488
+        parameters)."""
+        generalized = nn.Sequential(self.conv1, self.bn1, nn.ReLU(), *self.stages[:-1])
+        specialized = nn.Sequential(self.stages[-1], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return generalized, specialized
+
 
 def _with_checkpoint(net: nn.Module, checkpoint, allow_overlap: bool, what: str) -> nn.Module:
     from .pretrained import attach_card, load_plain_checkpoint
@@ -111,11 +127,43 @@ def reduced_resnet18(input_shape: Sequence[int], nf: int = 20, checkpoint: str |
     return _with_checkpoint(net, checkpoint, allow_overlap, f"reduced_resnet18 (nf={nf}, input {tuple(input_shape)})")
 
 
+def cifar_resnet(input_shape: Sequence[int], depth: int = 32, checkpoint: str | None = None,
+                 allow_overlap: bool = False) -> ResNet:
+    """CIFAR ResNet of ``depth`` = 6n + 2 layers (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, n blocks
+    per stage, option-A shortcuts. Without the classifier: ResNet-8 74,640, -14 171,856, -20 269,072,
+    -26 366,288, -32 463,504 parameters (the backbones of MEMO's memory-AUC protocol)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has depth 6n+2 (8, 14, 20, 26, 32, 44, 56, ...); got model.depth={depth}")
+    n = (depth - 2) // 6
+    net = ResNet(input_shape, [16, 32, 64], [n, n, n], shortcut="pad")
+    return _with_checkpoint(net, checkpoint, allow_overlap, f"CIFAR ResNet-{depth} (input {tuple(input_shape)})")
+
+
 def resnet32(input_shape: Sequence[int], checkpoint: str | None = None, allow_overlap: bool = False) -> ResNet:
     """CIFAR ResNet-32 (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, 5 blocks per stage, option-A
     shortcuts; 463,504 parameters without the classifier. ``checkpoint``: a state dict of this network."""
-    net = ResNet(input_shape, [16, 32, 64], [5, 5, 5], shortcut="pad")
-    return _with_checkpoint(net, checkpoint, allow_overlap, f"resnet32 (input {tuple(input_shape)})")
+    return cifar_resnet(input_shape, 32, checkpoint, allow_overlap)
+
+
+class ConvNet2(nn.Module):
+    """Two conv blocks (3x3 conv with bias, BatchNorm, ReLU, 2x2 max-pool), 64 channels, global average pooling:
+    the smallest backbone of MEMO's CIFAR memory-AUC protocol (38,976 parameters on RGB input)."""
+
+    def __init__(self, input_shape: Sequence[int], width: int = 64):
+        super().__init__()
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+        self.block1 = block(input_shape[0], width)
+        self.block2 = block(width, width)
+        self.out_features = width
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.block2(self.block1(x)), 1).flatten(1)
+
+    def expansion_split(self) -> tuple[nn.Module, nn.Module]:
+        """(generalized, specialized) as MEMO splits ConvNet2: the first block shared, the second specialized."""
+        return self.block1, nn.Sequential(self.block2, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 class PretrainedWeightsError(ValueError):

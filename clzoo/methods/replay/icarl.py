@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...memory.selection import herding
 from ..base import Method
+from ..parts.exemplars import eval_features, update_herding_exemplars, with_exemplars
 from ..registry import register_method
 
 
@@ -38,10 +38,7 @@ class ICaRL(Method):
         self.buffer = self.make_buffer(buffer, selection="herding")
 
     def training_data(self, task):
-        stored = self.buffer.all()
-        device = stored.x.device
-        return (torch.cat([task.x_train.to(device), stored.x]),
-                torch.cat([task.y_train.to(device), stored.y]))
+        return with_exemplars(self.buffer, task)
 
     def observe(self, x, y, task_id):
         inputs = self.augment(x)
@@ -54,34 +51,13 @@ class ICaRL(Method):
                 targets[:, :n_old] = torch.sigmoid(self.teacher(inputs)[:, :n_old])
         return self.step(F.binary_cross_entropy_with_logits(logits, targets))
 
-    @torch.no_grad()
     def features(self, x) -> torch.Tensor:
         """L2-normalised features of stored inputs ``x`` (evaluation transform, eval mode, in batches)."""
-        was_training = self.model.training
-        self.model.eval()
-        out = torch.cat([self.model.features(self.preprocess(x[i:i + self.feature_batch_size]))
-                         for i in range(0, len(x), self.feature_batch_size)])
-        self.model.train(was_training)
-        return F.normalize(out.flatten(1), dim=1)
+        return eval_features(self, x, self.feature_batch_size)
 
     @torch.no_grad()
     def end_task(self, task):
-        n_seen = self.seen_classes(task.id)
-        m = self.buffer.capacity // n_seen
-        # reduce: every old class keeps its first m exemplars (they are stored in herding order)
-        old = self.buffer.all()
-        keep = torch.cat([(old.y == c).nonzero().squeeze(1)[:m] for c in old.y.unique()]) if len(old.y) else old.y
-        xs, ys, ts = [old.x[keep]], [old.y[keep]], [old.task[keep]]
-        # construct: m exemplars per new class, by herding on normalised features
-        dev = self.buffer.x.device
-        x_task, y_task = task.x_train.to(dev), task.y_train.to(dev)
-        for c in task.classes:
-            x_c = x_task[y_task == c]
-            chosen = herding(self.features(x_c), m)
-            xs.append(x_c[chosen])
-            ys.append(torch.full((len(chosen),), c, dtype=torch.long, device=dev))
-            ts.append(torch.full((len(chosen),), task.id, dtype=torch.long, device=dev))
-        self.buffer.set_contents(torch.cat(xs), torch.cat(ys), torch.cat(ts))
+        update_herding_exemplars(self.buffer, task, self.seen_classes(task.id), self.features)
         # class means of the exemplars, for nearest-mean-of-exemplars classification
         stored = self.buffer.all()
         feats = self.features(stored.x)

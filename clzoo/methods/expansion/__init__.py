@@ -1,0 +1,1 @@
+"""Expansion methods: the representation grows with the tasks (DER, MEMO)."""
