@@ -104,6 +104,9 @@ def test_overlapping_stream_is_refused_unless_allowed_and_prompts_learn(pretrain
     assert results["backbone"]["overlap_classes"] == [5, 6, 7, 8, 9] and results["backbone"]["card"] == card
     R = results["acc_matrix_task_il"]
     assert sum(R[i][i] for i in range(5)) / 5 > 0.75  # prompts + head learn on the pretrained backbone
+    cfg["stream"]["augment"] = {**cfg["stream"].get("augment", {}), "mean": [0.5], "std": [0.25]}
+    with pytest.raises(ValueError, match=r"normalised with mean=null std=null .* set stream.augment.mean=null"):
+        run(cfg, tmp_path / "normalised", show_progress=False)
 
 
 def test_clr_reprograms_a_pretrained_network_from_task_0(tmp_path):

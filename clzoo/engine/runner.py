@@ -19,7 +19,7 @@ from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_finite
 from ..models import ContinualModel, mask_logits
-from ..models.pretrained import check_source_overlap
+from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from .checkpoint import (atomic_write_text, config_hash, latest_checkpoint, load_checkpoint, save_checkpoint,
                          seed_everything, set_rng_state)
@@ -177,6 +177,7 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> di
     model = build_model(cfg["model"], stream)
     # a pretrained backbone whose card says it has seen the stream's classes is refused (model.allow_overlap)
     provenance = check_source_overlap(model.backbone, stream)
+    check_input_pipeline(model.backbone, train_tf)
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()

@@ -170,3 +170,27 @@ def check_source_overlap(backbone: nn.Module, stream) -> dict | None:
                 f"or the other classes: clzoo-pretrain source.classes=[...]) or set model.allow_overlap=true to run "
                 f"anyway (recorded in results.json)")
     return record
+
+
+def check_input_pipeline(backbone: nn.Module, transform) -> None:
+    """A backbone with a card expects the normalisation it was trained with; a stream that normalises otherwise
+    is an error (the features would be off without any sign of it)."""
+    card = getattr(backbone, "card", None)
+    expected = (card or {}).get("input")
+    if not expected:
+        return
+    ours_mean = transform.mean.flatten().tolist() if getattr(transform, "normalize", False) else None
+    ours_std = transform.std.flatten().tolist() if getattr(transform, "normalize", False) else None
+
+    def same(a, b):
+        return (a is None and b is None) or (a is not None and b is not None and len(a) == len(b)
+                                             and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b)))
+
+    if not (same(expected.get("mean"), ours_mean) and same(expected.get("std"), ours_std)):
+        def show(v):
+            return "null" if v is None else "[" + ",".join(f"{float(x):g}" for x in v) + "]"
+        raise ValueError(
+            f"the pretrained backbone {getattr(backbone, 'checkpoint', '')} was trained on inputs normalised with "
+            f"mean={show(expected.get('mean'))} std={show(expected.get('std'))} (its card), but the stream normalises "
+            f"with mean={show(ours_mean)} std={show(ours_std)}; set stream.augment.mean={show(expected.get('mean'))} "
+            f"stream.augment.std={show(expected.get('std'))}")
