@@ -176,3 +176,14 @@ def test_head_ft_trains_only_the_head():
     method = HeadFinetune(model, _ctx())
     assert [p for p in method.trainable_parameters()] == list(model.head.parameters())
     assert measure(method).by_category["prompts"] == 0
+
+
+def test_resize_feeds_small_images_to_a_larger_vit():
+    """model=vit_b16 upsamples 32x32 CIFAR to 224: the same path on a tiny ViT built for 16x16 fed 8x8 images."""
+    kw = {k: v for k, v in TINY_VIT.items() if k not in ("_target_", "name", "img_size")}
+    backbone = TimmBackbone((1, 8, 8), "vit_tiny_patch16_224", img_size=16, resize=16, **kw)
+    x = torch.rand(2, 1, 8, 8)
+    assert backbone(x).shape == (2, 32)
+    vit = PromptedViT(backbone)
+    torch.testing.assert_close(vit.query(x), backbone.net.forward_features(
+        torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False))[:, 0])
