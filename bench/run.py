@@ -768,6 +768,12 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=None, help="run only the cases whose name contains one of these")
     p.add_argument("--out", default=None, help="results file (default bench/RESULTS.md; quick: bench/out/QUICK.md)")
     args = p.parse_args(argv)
+    try:
+        import avalanche  # noqa: F401
+    except ImportError:
+        print("bench/run.py: error: Avalanche is not installed; it is an optional dependency of clzoo: "
+              "pip install -e '.[bench]'", file=sys.stderr)
+        return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     warnings.filterwarnings("ignore")

@@ -1,9 +1,18 @@
-"""Compose run configurations from Python with the same config groups and overrides as ``clzoo-run``."""
+"""Compose run configurations from Python with the same config groups and overrides as ``clzoo-run``, and check
+them before any work: :func:`validate` turns a bad value into one line naming the key and the fix."""
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+from pathlib import Path
 from typing import Sequence
 
 from omegaconf import OmegaConf, open_dict
+
+
+class ConfigError(ValueError):
+    """A configuration value clzoo cannot use (one line: the key, what is wrong, how to fix it)."""
 
 
 def buffer_capacity(budget_mb, default):
@@ -15,12 +24,52 @@ def buffer_capacity(budget_mb, default):
     return "auto" if budget_mb is not None else default
 
 
+def run_name(stream_name, dataset=None, path=None, stream_choice=None) -> str:
+    """The name a run is filed and labelled under: ``stream.name``, except for ``stream.dataset=imagefolder``
+    on a stream config's own name, where it is the image folder's name (``stream.path=/data/flowers`` ->
+    ``flowers``). An explicit ``stream.name=...`` always wins."""
+    if dataset == "imagefolder" and path and (stream_choice is None or stream_name == stream_choice):
+        name = Path(os.path.expanduser(str(path))).resolve().name
+        return re.sub(r"[^\w.+-]", "_", name) or str(stream_name)
+    return str(stream_name)
+
+
+#: how long a sweep sub-folder name may get before its tail is replaced by a hash (file systems allow 255 bytes)
+MAX_DIRNAME = 150
+
+
+def safe_dirname(text) -> str:
+    """``hydra.job.override_dirname`` made a single folder name: ``/`` cannot be in it, and very long names
+    (many swept keys) are shortened with a hash of the full text."""
+    text = str(text or "defaults").replace("/", "_").replace(os.sep, "_") or "defaults"
+    if len(text) > MAX_DIRNAME:
+        text = text[: MAX_DIRNAME - 13] + "_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return text
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("clzoo.buffer_capacity"):
-        OmegaConf.register_new_resolver("clzoo.buffer_capacity", buffer_capacity)
+    from .help import render
+
+    for name, fn in (("clzoo.buffer_capacity", buffer_capacity), ("clzoo.run_name", run_name),
+                     ("clzoo.dirname", safe_dirname), ("clzoo.help", render)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_resolvers()
+
+
+def expand_user_overrides(argv: Sequence[str]) -> list[str]:
+    """``data.root=~/data`` -> ``data.root=/home/me/data``: Hydra's override grammar cannot parse an unquoted
+    ``~`` and the shell does not expand it after ``key=``, so clzoo expands a leading ``~`` (also when quoted
+    for Hydra, ``key='~/data'``)."""
+    out = []
+    for arg in argv:
+        m = re.fullmatch(r"([+~]{0,2}[\w.@/-]+=)(['\"]?)(~[^'\"]*)\2", arg)
+        if m and not arg.startswith("-"):
+            arg = m.group(1) + os.path.expanduser(m.group(3))
+        out.append(arg)
+    return out
 
 
 def compose(overrides: Sequence[str] = ()) -> dict:
@@ -30,11 +79,136 @@ def compose(overrides: Sequence[str] = ()) -> dict:
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="clzoo.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name="config", overrides=expand_user_overrides(overrides),
+                            return_hydra_config=True)
         choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
         with open_dict(cfg):
             del cfg["hydra"]
         container = OmegaConf.to_container(cfg, resolve=True)
     GlobalHydra.instance().clear()
     container["_choices"] = {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    return name_run(container)
+
+
+def name_run(container: dict) -> dict:
+    """Set ``stream.name`` to :func:`run_name` (an image-folder run is named after its folder)."""
+    stream = container.get("stream") or {}
+    name = run_name(stream.get("name"), stream.get("dataset"), stream.get("path"),
+                    (container.get("_choices") or {}).get("stream"))
+    if stream and name != stream.get("name"):
+        stream["name"] = name
     return container
+
+
+# ---------------------------------------------------------------------------------------------- validation
+#: key -> (kind, minimum or None, nullable); kinds: int, float, bool
+_TYPED = {
+    "seed": ("int", None, False),
+    "trainer.epochs": ("int", 1, False),
+    "trainer.batch_size": ("int", 1, False),
+    "trainer.eval_batch_size": ("int", 1, False),
+    "trainer.log_every": ("int", 1, False),
+    "trainer.max_tasks": ("int", 1, True),
+    "trainer.num_threads": ("int", 1, True),
+    "trainer.optimizer.lr": ("float", 0, False),
+    "trainer.optimizer.momentum": ("float", 0, True),
+    "trainer.optimizer.weight_decay": ("float", 0, True),
+    "stream.n_tasks": ("int", 1, True),
+    "stream.classes_per_task": ("int", 1, True),
+    "stream.first_task_classes": ("int", 1, True),
+    "stream.train_per_task": ("int", 1, True),
+    "stream.test_per_task": ("int", 1, True),
+    "stream.class_order_seed": ("int", None, True),
+    "stream.online": ("bool", None, False),
+    "budget.mb": ("float", 0, True),
+    "budget.count_model": ("bool", None, False),
+    "budget.enforce": ("bool", None, False),
+    "data.download": ("bool", None, False),
+    "log.tensorboard": ("bool", None, False),
+    "log.plots": ("bool", None, False),
+    "log.progress": ("bool", None, False),
+    "log.progress_every_s": ("float", 0, True),
+    "log.keep_checkpoints": ("int", 0, True),
+}
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
+RESUME_VALUES = (False, True, "must")
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+
+
+def _lookup(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return KeyError
+        node = node[part]
+    return node
+
+
+def _check_typed(key: str, value, kind: str, minimum, nullable: bool) -> None:
+    if value is None:
+        if nullable:
+            return
+        raise ConfigError(f"{key}=null is not allowed: {key} must be {_KIND_WORDS[kind]}")
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool)}[kind]
+    if not ok:
+        raise ConfigError(f"{key}={value} is not {_KIND_WORDS[kind]}"
+                          + (f" (e.g. {key}={minimum if minimum else 1})" if kind != "bool" else ""))
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key}={value} must be >= {minimum}")
+
+
+def check_device(name) -> None:
+    """``trainer.device``: auto | cpu | cuda | cuda:N | mps, and it must be usable on this machine."""
+    import torch
+
+    name = "auto" if name is None else str(name)
+    if not DEVICE_RE.fullmatch(name):
+        raise ConfigError(f"trainer.device={name} is not a device: use auto (CUDA when present, else CPU), cpu, "
+                          f"cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "torch finds no usable NVIDIA GPU or driver")
+            raise ConfigError(f"trainer.device={name} but {why}; use trainer.device=cpu (or auto)")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) are "
+                              f"visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.device=mps but Apple's MPS backend is not available here; use trainer.device=cpu")
+
+
+def validate(cfg: dict) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for values clzoo cannot use; no data is touched."""
+    for key, (kind, minimum, nullable) in _TYPED.items():
+        value = _lookup(cfg, key)
+        if value is KeyError:
+            continue
+        _check_typed(key, value, kind, minimum, nullable)
+    if cfg.get("resume", False) not in RESUME_VALUES:
+        raise ConfigError(f"resume={cfg.get('resume')} is not one of true, false, must")
+    check_device((cfg.get("trainer") or {}).get("device", "auto"))
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def config_diff(old: dict, new: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """``key: old -> new`` for every leaf that differs (dotted keys, sorted)."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in ignore):
+            continue
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if va != vb:
+            out.append(f"{key}: {va} -> {vb}")
+    return out

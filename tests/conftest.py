@@ -31,7 +31,7 @@ def real_data_root(folder: str) -> Path | None:
 
 def skip_reason(folder: str) -> str:
     return (f"needs real data: set CLZOO_DATA to a folder holding {folder} "
-            f"(restore it offline with shared/data/install.sh DEST)")
+            f"(README.md, section 'Real datasets'; data.download=true fetches it)")
 
 
 @pytest.fixture

@@ -307,3 +307,98 @@ def test_check_needs_committed_results(tiny_runs, capsys):
     assert main(["check", str(tiny_runs["suite"]), "--runs", str(tiny_runs["root"] / "nothing"), "--cells", "er-b20",
                  "--tolerance", "1"]) == 2
     assert "no committed result" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ run integrity
+def _copy_runs(tiny_runs, tmp_path) -> Path:
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_runs["runs"], runs)
+    return runs
+
+
+def _build(tiny_runs, runs: Path, out: Path, *flags: str) -> int:
+    return main(["build", str(tiny_runs["suite"]), "--runs", str(runs), "--out", str(out), *flags])
+
+
+def _collect_md(tiny_runs, runs: Path) -> str:
+    """The suite's README section as build writes it (without plots: they are what makes a build slow)."""
+    from clzoo.leaderboard.build import collect, suite_markdown
+
+    return suite_markdown(collect(load_suite(tiny_runs["suite"]), runs), [], runs)
+
+
+def test_every_run_carries_a_digest_of_its_numbers(tiny_runs):
+    from clzoo.leaderboard.runs import digest_problem, numbers_digest
+
+    for p in tiny_runs["runs"].glob("tiny/*/seed*/results.json"):
+        r = json.loads(p.read_text())
+        assert r["numbers_digest"] == numbers_digest(r) and digest_problem(r) is None
+
+
+def test_truncated_results_are_listed_as_left_out_and_strict_build_fails(tiny_runs, tmp_path, capsys):
+    runs = _copy_runs(tiny_runs, tmp_path)
+    p = runs / "tiny" / "er-b20" / "seed1" / "results.json"
+    p.write_text(p.read_text()[:500])  # a truncated copy
+    readme = _collect_md(tiny_runs, runs)
+    assert _row(readme, "er-b20")[2] == "1"  # one seed left, and said so
+    left_out = readme.split("<summary>Runs left out</summary>")[1].split("</details>")[0]
+    assert "er-b20/seed1: left out, its results.json is not valid JSON" in left_out and "truncated" in left_out
+    strict_out = tmp_path / "strict"
+    assert _build(tiny_runs, runs, strict_out, "--strict") == 1
+    err = capsys.readouterr().err
+    assert "clzoo-leaderboard: error: 1 run(s) left out (--strict)" in err and "er-b20/seed1" in err
+    assert not strict_out.exists()  # nothing written
+    assert main(["run", str(tiny_runs["suite"]), "--runs", str(runs), "--dry-run"]) == 0
+    assert "damaged  er-b20/seed1" in capsys.readouterr().out  # `run` would compute it again
+
+
+def test_edited_numbers_fail_the_digest_check(tiny_runs, tmp_path, capsys):
+    runs = _copy_runs(tiny_runs, tmp_path)
+    p = runs / "tiny" / "finetune" / "seed0" / "results.json"
+    r = json.loads(p.read_text())
+    r["metrics"]["final_acc"] += 0.01
+    p.write_text(json.dumps(r, indent=1))
+    readme = _collect_md(tiny_runs, runs)
+    assert _row(readme, "finetune")[2] == "1"
+    assert "finetune/seed0: left out, its numbers do not match their digest" in readme
+    assert _build(tiny_runs, runs, tmp_path / "strict", "--strict") == 1
+    assert "finetune/seed0" in capsys.readouterr().err
+
+
+def test_digest_migration_adds_the_same_digest_without_changing_numbers(tiny_runs, tmp_path, capsys):
+    runs = _copy_runs(tiny_runs, tmp_path)
+    files = sorted(runs.glob("tiny/*/seed*/results.json"))
+    originals = {}
+    for p in files:  # runs written before digests existed
+        r = json.loads(p.read_text())
+        originals[p] = r.pop("numbers_digest")
+        p.write_text(json.dumps(r, indent=1))
+    before = {p: p.read_text() for p in files}
+    assert _build(tiny_runs, runs, tmp_path / "strict", "--strict") == 1
+    assert "has no digest of its numbers" in capsys.readouterr().err
+    assert main(["digest", str(runs)]) == 0
+    assert f"digest added to {len(files)} results.json, 0 had one" in capsys.readouterr().out
+    for p in files:
+        text = p.read_text()
+        assert json.loads(text)["numbers_digest"] == originals[p]
+        assert text.replace(f',\n "numbers_digest": "{originals[p]}"', "") == before[p]  # only the digest added
+    assert "Runs left out" not in _collect_md(tiny_runs, runs)  # build --strict passes
+    assert main(["digest", str(runs)]) == 0  # a second pass changes nothing
+    assert f"digest added to 0 results.json, {len(files)} had one" in capsys.readouterr().out
+
+
+def test_committed_leaderboard_runs_all_verify():
+    from clzoo.leaderboard.runs import digest_problem, load_results
+
+    found = sorted((REPO / "leaderboard" / "runs").glob("*/*/seed*/results.json"))
+    if not found:
+        pytest.skip("no committed leaderboard runs")
+    problems = []
+    for p in found:
+        r, problem = load_results(p.parent)
+        problem = problem or digest_problem(r)
+        if problem:
+            problems.append(f"{p}: {problem}")
+    assert not problems, "\n".join(problems[:5])

@@ -5,3 +5,8 @@ from .sources import SOURCES, DatasetNotFoundError, Source, default_root, load_s
 
 __all__ = ["BatchTransform", "SCENARIOS", "Stream", "StreamError", "Task", "build_stream", "SOURCES",
            "DatasetNotFoundError", "Source", "default_root", "load_source"]
+
+from .cache import DataWarning  # noqa: E402
+from .sources import DataError, fingerprint  # noqa: E402
+
+__all__ += ["DataError", "DataWarning", "fingerprint"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .sources import Source, load_source
+from .sources import Source, fingerprint, load_source
 
 SCENARIOS = ("class_il", "task_il", "domain_il")
 
@@ -139,6 +139,7 @@ def build_stream(
     root=None,
     download: bool = False,
     path=None,
+    drop_empty_classes: bool = False,
     source: Source | None = None,
     **_ignored,
 ) -> Stream:
@@ -149,9 +150,13 @@ def build_stream(
     """
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
-    src = source or load_source(dataset, root, download, path)
+    src = source or load_source(dataset, root, download, path, drop_empty_classes)
     gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
     n_classes = src.n_classes
+    for split, y in (("train", src.y_train), ("test", src.y_test)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+            raise StreamError(f"dataset '{src.name}': {split} labels span {int(y.min())}..{int(y.max())}, outside "
+                              f"the class range 0..{n_classes - 1} of its {n_classes} class names")
 
     if scenario == "domain_il":
         if domain_transform not in ("permute", "rotate"):
@@ -197,6 +202,7 @@ def build_stream(
             in_te = in_te[_subsample(in_te, test_per_task, gen)]
             tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))
 
+    _check_tasks_have_data(tasks, src, order)
     return Stream(
         name=name or f"{src.name}-{scenario}-{len(tasks)}",
         scenario=scenario,
@@ -206,5 +212,18 @@ def build_stream(
         class_order=order,
         class_names=[src.class_names[c] for c in order],
         online=online,
-        info={"dataset": src.name, "class_order_seed": class_order_seed, "class_order_rng": class_order_rng, "domain_transform": domain_transform},
+        info={"dataset": src.name, "class_order_seed": class_order_seed, "class_order_rng": class_order_rng,
+              "domain_transform": domain_transform, "data_fingerprint": fingerprint(src)},
     )
+
+
+def _check_tasks_have_data(tasks: list[Task], src: Source, order: list[int]) -> None:
+    """A task without training or test samples would train on nothing or score 0 and drag the averages down."""
+    for task in tasks:
+        for split, y in (("training", task.y_train), ("test", task.y_test)):
+            if len(y) == 0:
+                names = ", ".join(src.class_names[order[c]] for c in task.classes[:5])
+                more = ", ..." if len(task.classes) > 5 else ""
+                raise StreamError(f"task {task.id} (classes {names}{more}) has no {split} samples in dataset "
+                                  f"'{src.name}'; add {split} data for these classes, or check "
+                                  f"stream.train_per_task / stream.test_per_task")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import copy
+import io
 import json
 import os
 import random
@@ -12,16 +13,30 @@ import numpy as np
 import torch
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file, fsync it, then rename it over ``path`` (never half-written)."""
+#: temporary files of atomic writes: ``.<name>.tmp-<pid>`` beside the target (see :func:`remove_temporary_files`)
+TMP_GLOB = ".*.tmp-*"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(fh)`` into a temporary file, fsync it, then rename it over ``path`` (never half-written). A
+    failed write (full disk, kill signal turned into an exception) removes its temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it, then rename it over ``path`` (never half-written)."""
+    _atomic_write(path, lambda fh: fh.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,14 +44,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def rng_state() -> dict:
@@ -88,34 +96,131 @@ def config_hash(config: dict) -> str:
     config = without_neutral_defaults(config)
     relevant = {k: v for k, v in config.items() if k not in ("resume", "log", "hydra")}
     if isinstance(relevant.get("trainer"), dict):
-        # how far a run goes, where it runs and how it logs are not part of what it computes
-        ignored = ("max_tasks", "device", "num_threads", "log_every", "eval_batch_size")
+        # how far a run goes, where it runs and how it logs are not part of what it computes; the CPU thread
+        # count is (matrix products round differently with 1 and 2 threads), see runner.run_config_hash
+        ignored = ("max_tasks", "device", "log_every", "eval_batch_size")
         relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k not in ignored}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is damaged (truncated, altered) or not a clzoo checkpoint."""
+
+
+CHECKPOINT_KEYS = ("task_id", "method", "rng", "progress")
 
 
 def checkpoint_path(run_dir: Path, task_id: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"task_{task_id:03d}.pt"
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the last completed task (only complete files exist: writes are atomic)."""
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of checkpoint ``path`` is kept (written after the checkpoint itself)."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
     folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = sorted(folder.glob("task_*.pt"))
+    return sorted(folder.glob("task_*.pt")) if folder.is_dir() else []
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of the last completed task (see :func:`load_latest_intact` for one that is verified)."""
+    found = checkpoints(run_dir)
     return found[-1] if found else None
 
 
 def save_checkpoint(run_dir: Path, task_id: int, method_state: dict, progress: dict, keep_last: int = 2) -> Path:
+    """Write the checkpoint of ``task_id`` atomically, then its SHA-256 beside it; keep the last ``keep_last``."""
     path = checkpoint_path(run_dir, task_id)
-    atomic_torch_save({"task_id": task_id, "method": method_state, "rng": rng_state(), "progress": progress}, path)
-    older = sorted(path.parent.glob("task_*.pt"))[:-keep_last] if keep_last else []
+    buf = io.BytesIO()
+    torch.save({"task_id": task_id, "method": method_state, "rng": rng_state(), "progress": progress}, buf)
+    data = buf.getbuffer()
+    digest_path(path).unlink(missing_ok=True)  # never a digest of another file's bytes beside the new one
+    atomic_write_bytes(path, data)
+    atomic_write_text(digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    older = checkpoints(run_dir)[:-keep_last] if keep_last else []
     for old in older:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
     return path
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load and verify one checkpoint: its SHA-256 (when written with one) and its contents, else
+    :class:`CheckpointError` saying what is wrong."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot be read ({err.strerror})") from None
+    side = digest_path(path)
+    if side.is_file():
+        expected = (side.read_text().split() or [""])[0]
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CheckpointError(f"its SHA-256 does not match {side.name} ({len(data):,} bytes: truncated or "
+                                  f"altered)")
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for damaged files
+        raise CheckpointError(f"cannot be loaded ({len(data):,} bytes; {type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else 'damaged'})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise CheckpointError("is not a clzoo checkpoint (keys task_id, method, rng, progress missing)")
+    return ckpt
+
+
+def load_latest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies: ``(path, checkpoint, damaged)``, where ``damaged`` lists the newer
+    ones that did not, with the reason, newest first. ``(None, None, damaged)`` when none verifies."""
+    damaged = []
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path), damaged
+        except CheckpointError as err:
+            damaged.append((path, str(err)))
+    return None, None, damaged
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``<name>.damaged`` (kept for inspection, never loaded again)."""
+    path = Path(path)
+    target = path.with_name(path.name + ".damaged")
+    os.replace(path, target)
+    digest_path(path).unlink(missing_ok=True)
+    return target
+
+
+def remove_temporary_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed run or a full disk left in ``run_dir`` and its
+    ``checkpoints/`` (call it while holding the folder's lock: no other writer is active then)."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.glob(TMP_GLOB):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+    return removed
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail now, with the reason, if files cannot be created in ``folder`` (created if missing): a run must not
+    train a whole task and only then find it cannot save it."""
+    from .lock import RunDirError
+
+    folder = Path(folder)
+    probe = folder / f".write-test.tmp-{os.getpid()}"
+    existed = folder.is_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"0")
+        probe.unlink()
+        if not existed:  # created when the first file goes there, as before
+            folder.rmdir()
+    except OSError as err:
+        raise RunDirError(f"cannot write to {folder} ({err.strerror or err}); make it writable or choose another "
+                          f"run folder (hydra.run.dir=...)") from None

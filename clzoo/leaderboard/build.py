@@ -2,7 +2,9 @@
 summary.csv, plots/, index.html).
 
 Numbers are in %, mean +- sample standard deviation (n - 1) over the seeds that have a complete run whose
-configuration hash equals the one the suite gives now (other runs are *stale* and left out, with a warning).
+configuration hash equals the one the suite gives now (other runs are *stale* and left out, with a warning), and
+whose numbers match the digest stored with them (a results.json that cannot be read, or whose numbers were edited,
+is left out and listed under "Runs left out" with the reason; ``build --strict`` fails on any run left out).
 Memory is what a method keeps between tasks besides the model itself (total ledger bytes minus the backbone and
 heads categories), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
 over MB (:func:`auc_trapezoid`).
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.checkpoint import atomic_write_text
-from .runs import DEFAULT_RUNS, cell_command, read_results, run_dir_of
+from .runs import DEFAULT_RUNS, cell_command, digest_problem, load_results, run_dir_of
 from .suite import (SETTING_LABELS, SETTINGS, Cell, Suite, SuiteError, compose_cell, config_hash, suite_hash,
                     with_seed)
 
@@ -158,7 +160,12 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
         for seed in suite.seeds:
             h = config_hash(with_seed(base, seed))
             rd = run_dir_of(runs_root, suite, cell, seed)
-            r = read_results(rd)
+            r, problem = load_results(rd)
+            if problem is None and r is not None:
+                problem = digest_problem(r)
+            if problem is not None:
+                result.warnings.append(f"{cell.id}/seed{seed}: left out, {problem} ({rd / 'results.json'})")
+                continue
             if r is None:
                 continue
             if r.get("status") != "complete":
@@ -301,6 +308,40 @@ def _ylim(values: list[float]) -> tuple[float, float]:
 MARKERS = "osD^vP*Xhp<>"
 
 
+def _spread(ys: list[float], gap: float, low: float | None = None, high: float | None = None) -> list[float]:
+    """Label positions for the values ``ys`` (same order): each at its value or, when that is within ``gap`` of
+    the label below it, just above that label; so close values stay readable (and none goes below ``low``)."""
+    order = sorted(range(len(ys)), key=ys.__getitem__)
+    out = [0.0] * len(ys)
+    prev = None
+    for i in order:
+        y = ys[i] if low is None else max(ys[i], low)
+        out[i] = prev = y if prev is None else max(y, prev + gap)
+    if high is not None and out and max(out) > high:  # the stack ran over the top: move it down
+        excess = max(out) - high
+        out = [y - excess for y in out]
+    return out
+
+
+def _no_buffer_strip(ax, cells, setting: str, colors: dict, marker: dict, ylim: tuple[float, float]) -> None:
+    """The methods that keep no exemplars (a dotted line each, before): one point each at x = 0, labelled directly
+    with its name and accuracy, labels spread apart so methods with close accuracies stay legible."""
+    ys = [c.stat(f"{setting}:final_acc")[0] for c in cells]
+    es = [c.stat(f"{setting}:final_acc")[1] for c in cells]
+    for c, y, e in zip(cells, ys, es):
+        ax.errorbar([0], [y], yerr=[e], color=colors[c.cell.name], marker=marker[c.cell.name], ms=6, capsize=2)
+    for c, y, ly in zip(cells, ys, _spread(ys, 0.05 * (ylim[1] - ylim[0]), ylim[0] + 0.02 * (ylim[1] - ylim[0]),
+                                                     ylim[1] - 0.03 * (ylim[1] - ylim[0]))):
+        ax.annotate(f"{c.cell.name} {y:.1f}", xy=(0, y), xytext=(0.35, ly), textcoords="data", va="center",
+                    fontsize=8, color=colors[c.cell.name],
+                    arrowprops=dict(arrowstyle="-", color=colors[c.cell.name], lw=0.6, shrinkA=0, shrinkB=3))
+    ax.set_xlim(-0.3, 2.6)
+    ax.set_xticks([])
+    ax.tick_params(labelleft=False)
+    ax.set_title("no buffer", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+
+
 def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
     """``<suite>_acc_per_task_<setting>.png`` (one panel per budget) and ``<suite>_acc_vs_memory.png``."""
     import matplotlib
@@ -335,13 +376,13 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
         for ax, (budget, cells) in zip(axes.flat, groups.items()):
             for c in cells:
                 ys = c.curve(s)
-                ax.plot(range(1, len(ys) + 1), ys, marker=marker[c.cell.name], ms=4, lw=1.6,
+                ax.plot(range(len(ys)), ys, marker=marker[c.cell.name], ms=4, lw=1.6,
                         color=colors[c.cell.name], label=c.cell.name)
             ax.set_title(budget.group(), fontsize=10)
-            ax.set_xticks(range(1, T + 1, 1 if T <= 10 else 2))
+            ax.set_xticks(range(0, T, 1 if T <= 10 else 2))
             ax.set_ylim(lo, hi)
             ax.grid(alpha=0.3)
-            ax.set_xlabel("tasks trained")
+            ax.set_xlabel("after training task i (tasks from 0)")
         for ax in axes[:, 0]:
             ax.set_ylabel(f"avg. {SETTING_LABELS[s]} accuracy\non tasks seen (%)")
         for ax in list(axes.flat)[n:]:
@@ -357,10 +398,17 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
         plt.close(fig)
 
     budgeted = [c for c in done if c.cell.budget.kind != "none"]
+    unbuffered = [c for c in done if c.cell.budget.kind == "none"]
     if budgeted:
         settings = sr.suite.settings
-        fig, axes = plt.subplots(1, len(settings), figsize=(6.2 * len(settings) + 2.6, 4.6), squeeze=False)
-        for ax, s in zip(axes[0], settings):
+        strip = 0.42 if unbuffered else 0.0
+        fig = plt.figure(figsize=((6.2 + 2.2 * bool(unbuffered)) * len(settings) + 0.6, 6.2))
+        grid = fig.add_gridspec(1, len(settings) * (2 if unbuffered else 1),
+                                width_ratios=[1, strip] * len(settings) if unbuffered else [1] * len(settings),
+                                wspace=0.25)
+        for k, s in enumerate(settings):
+            ax = fig.add_subplot(grid[0, 2 * k if unbuffered else k])
+            ylim = _ylim([c.stat(f"{s}:final_acc")[0] - c.stat(f"{s}:final_acc")[1] for c in done])
             for nm in names:
                 mine = [c for c in budgeted if c.cell.name == nm]
                 if not mine:
@@ -375,9 +423,6 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
                     es = [c.stat(f"{s}:final_acc")[1] for c in pts]
                     ax.errorbar(xs, ys, yerr=es, color=colors[nm], ls=style, marker=marker[nm], ms=6, mfc=fill,
                                 lw=1.8 if id(pts[0]) in auc_ids else 1.0, capsize=2)
-            for c in done:
-                if c.cell.budget.kind == "none":
-                    ax.axhline(c.stat(f"{s}:final_acc")[0], color=colors[c.cell.name], ls=":", lw=1.2)
             xs_all = [c.stat("memory_mb")[0] for c in budgeted if c.stat("memory_mb")[0] > 0]
             log_x = bool(xs_all) and max(xs_all) / min(xs_all) > 20
             if log_x:
@@ -390,25 +435,28 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
             ax.set_xlabel(("memory counted by the budget: model + exemplars" if sr.suite.memory_axis == "counted" else
                            "memory kept besides the model") + " (MB = 2^20 bytes" + (", log scale)" if log_x else ")"))
             ax.set_ylabel(f"final {SETTING_LABELS[s]} accuracy (%)")
-            ax.set_ylim(*_ylim([c.stat(f"{s}:final_acc")[0] - c.stat(f"{s}:final_acc")[1] for c in done]))
+            ax.set_ylim(*ylim)
             ax.grid(alpha=0.3, which="both")
-            ax.set_title(SETTING_LABELS[s], fontsize=10)
+            ax.set_title(f"{SETTING_LABELS[s]}: methods with a buffer", fontsize=10)
+            if unbuffered:
+                _no_buffer_strip(fig.add_subplot(grid[0, 2 * k + 1], sharey=ax), unbuffered, s, colors, marker, ylim)
         handles = []
         for nm in names:
-            if not any(c.cell.name == nm for c in done):
-                continue
-            a = sr.auc(nm, settings[0])[0] if any(c.cell.name == nm for c in budgeted) else None
-            label = nm + (f" (AUC {a:.4g})" if a is not None else "") + \
-                ("  ···" if all(c.cell.budget.kind == "none" for c in done if c.cell.name == nm) else "")
-            handles.append(plt.Line2D([], [], color=colors[nm], marker=marker[nm], label=label,
-                                      ls=":" if label.endswith("···") else "-"))
+            if not any(c.cell.name == nm for c in budgeted):
+                continue  # methods without a buffer are labelled in their own panel
+            a = sr.auc(nm, settings[0])[0]
+            handles.append(plt.Line2D([], [], color=colors[nm], marker=marker[nm], ls="-",
+                                      label=nm + (f" (AUC {a:.4g})" if a is not None else "")))
         handles += [plt.Line2D([], [], color="gray", ls="-", marker="s", label="byte budget (solid, filled)"),
-                    plt.Line2D([], [], color="gray", ls="--", marker="o", mfc="none", label="sample budget (dashed, hollow)"),
-                    plt.Line2D([], [], color="gray", ls=":", label="no buffer (dotted)")]
-        fig.legend(handles=handles, loc="center right", fontsize=8.5, frameon=False,
-                   title=f"AUC {SETTING_LABELS[settings[0]]}: trapezoid over MB, %·MB", title_fontsize=8.5)
+                    plt.Line2D([], [], color="gray", ls="--", marker="o", mfc="none",
+                               label="sample budget (dashed, hollow)")]
+        ncol = min(len(handles), 4)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8.5, frameon=False,
+                   title=f"AUC {SETTING_LABELS[settings[0]]}: area under accuracy versus memory (trapezoid over "
+                         f"MB, %·MB)", title_fontsize=8.5)
         fig.suptitle(f"{sr.suite.title or name}: accuracy versus memory (mean ± std over seeds)", fontsize=11)
-        fig.tight_layout(rect=(0, 0, 1 - 2.8 / fig.get_figwidth(), 0.94))
+        rows = math.ceil(len(handles) / ncol) + 1  # + the legend's title
+        fig.subplots_adjust(left=0.85 / fig.get_figwidth(), right=0.985, top=0.9, bottom=min(0.45, 0.1 + 0.038 * rows))
         paths.append(out_dir / f"{name}_acc_vs_memory.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
@@ -647,15 +695,23 @@ def suite_html(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+class RunsLeftOutError(RuntimeError):
+    """``build --strict``: some runs were left out (unreadable, edited, partial, stale, or of no cell)."""
+
+
 def build(suite_paths: list[str | Path], runs_root: str | Path = DEFAULT_RUNS, out_dir: str | Path = "leaderboard",
-          echo=print) -> list[SuiteResult]:
-    """Regenerate ``out_dir`` (README.md, results.csv, summary.csv, plots/, index.html) from the runs."""
+          echo=print, strict: bool = False) -> list[SuiteResult]:
+    """Regenerate ``out_dir`` (README.md, results.csv, summary.csv, plots/, index.html) from the runs. With
+    ``strict``, raise :class:`RunsLeftOutError` listing them, before writing anything, when a run is left out."""
     from .suite import load_suite
 
     out_dir = Path(out_dir)
+    results = [collect(load_suite(p), runs_root) for p in suite_paths]
+    left_out = [f"{sr.suite.name}: {w}" for sr in results for w in sr.warnings]
+    if strict and left_out:
+        raise RunsLeftOutError(f"{len(left_out)} run(s) left out (--strict):\n" + "\n".join(f"  {w}" for w in left_out))
     out_dir.mkdir(parents=True, exist_ok=True)
     plots_dir = out_dir / "plots"
-    results = [collect(load_suite(p), runs_root) for p in suite_paths]
     md = ["# clzoo leaderboard", "",
           "Generated by `clzoo-leaderboard build` from the runs under "
           f"`{_relpath(runs_root)}/<suite>/<cell>/seed<k>/results.json`; do not edit by hand. Suites live in "

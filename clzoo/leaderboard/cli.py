@@ -3,14 +3,18 @@
     clzoo-leaderboard run experiments/seq_mnist.yaml -j 2 --data-root ~/data   # fill the missing runs
     clzoo-leaderboard run experiments/seq_mnist.yaml --only der derpp --dry-run  # what would run
     clzoo-leaderboard build                                                       # leaderboard/ from the runs
+    clzoo-leaderboard build --strict                                              # ... failing if a run is left out
+    clzoo-leaderboard digest leaderboard/runs        # add the digest of their numbers to runs written without one
     clzoo-leaderboard check experiments/seq_mnist.yaml --cells er-b500 derpp-b500 --seeds 0 --tolerance 1.0
     clzoo-leaderboard validate experiments/*.yaml                                 # schema + every cell composes
+    clzoo-leaderboard sweep multirun/2026-01-01_12-00-00                          # mean +- std table of any runs
 
 On Slurm: ``clzoo-leaderboard run SUITE --launcher submitit_slurm --hydra hydra.launcher.partition=cpu
 --hydra hydra.launcher.timeout_min=60 --hydra hydra.launcher.cpus_per_task=1`` (pip install
 hydra-submitit-launcher; the runs folder must be on a filesystem the nodes share).
 
-Exit status: 0 success, 1 a run failed or the check failed, 2 a usage or suite error.
+Exit status: 0 success, 1 a run failed, the check failed or (build --strict) a run was left out, 2 a usage or
+suite error.
 """
 from __future__ import annotations
 
@@ -55,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("suites", nargs="*", help="suite files (default: experiments/*.yaml)")
     b.add_argument("--runs", default="leaderboard/runs", help="folder of the runs (default: leaderboard/runs)")
     b.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
+    b.add_argument("--strict", action="store_true",
+                   help="fail (exit 1, nothing written) when any run is left out: unreadable or truncated "
+                        "results.json, numbers that do not match their digest, partial, stale, or no such cell")
+
+    d = sub.add_parser("digest", help="add the digest of its numbers to every results.json that has none "
+                                      "(runs written before digests existed; numbers unchanged)")
+    d.add_argument("runs", nargs="?", default="leaderboard/runs", help="folder of the runs (default: leaderboard/runs)")
 
     c = sub.add_parser("check", help="re-run committed cells and compare within a two-sided tolerance")
     c.add_argument("suite", help="experiments/<suite>.yaml")
@@ -64,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, required=True, metavar="PP",
                    help="allowed difference in percentage points, in either direction")
     c.add_argument("--workdir", default=None, help="re-run here instead of a temporary folder (kept)")
+
+    w = sub.add_parser("sweep", help="table of mean +- std over seeds per configuration, from any folder of runs")
+    w.add_argument("folders", nargs="+", help="folders holding runs (a multirun folder, outputs/, ...)")
 
     v = sub.add_parser("validate", help="check suite files: schema, and that every cell composes")
     v.add_argument("suites", nargs="+")
@@ -109,12 +123,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from .build import RunsLeftOutError, build
 
     suites = args.suites or _default_suites()
-    build(suites, args.runs, args.out)
+    try:
+        build(suites, args.runs, args.out, strict=args.strict)
+    except RunsLeftOutError as err:
+        print(f"clzoo-leaderboard: error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out}/README.md, results.csv, summary.csv, index.html, plots/")
     return 0
+
+
+def cmd_digest(args) -> int:
+    from .runs import add_digests
+
+    if not Path(args.runs).is_dir():
+        raise SuiteError(f"no runs folder {args.runs}")
+    return 1 if add_digests(args.runs)[2] else 0
 
 
 def cmd_check(args) -> int:
@@ -152,12 +178,20 @@ def cmd_validate(args) -> int:
     return status
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import write_summary
+
+    found = [write_summary(folder) for folder in args.folders]
+    return 0 if all(found) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
     try:
-        return {"run": cmd_run, "build": cmd_build, "check": cmd_check, "validate": cmd_validate}[args.command](args)
+        return {"run": cmd_run, "build": cmd_build, "digest": cmd_digest, "check": cmd_check,
+                "validate": cmd_validate, "sweep": cmd_sweep}[args.command](args)
     except SuiteError as err:
         print(f"clzoo-leaderboard: error: {err}", file=sys.stderr)
         return 2

@@ -9,11 +9,13 @@ a launcher runs them one after the other in this process.
 After a run completes, its checkpoints are deleted; what stays (``results.json``, ``metrics.csv``,
 ``run.log``) is small, and ``leaderboard/runs/.gitignore`` keeps only results.json and metrics.csv in git.
 ``results.json`` gets a ``leaderboard`` entry: suite, cell, the hash (:func:`~clzoo.leaderboard.suite.config_hash`),
-threads, device and the command that ran it.
+threads, device and the command that ran it, and ``numbers_digest``: the SHA-256 of its numbers and configuration
+(:func:`numbers_digest`), which ``clzoo-leaderboard build`` verifies, so an edited or damaged file is left out.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -25,6 +27,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.checkpoint import atomic_write_text
 from .suite import Cell, Suite, SuiteError, compose_cell, config_hash, with_seed
 
 DEFAULT_RUNS = Path("leaderboard") / "runs"
@@ -40,6 +43,7 @@ class PlannedRun:
     config: dict
     hash: str
     status: str  # done | pending (no results) | partial | stale (other configuration) | failed (error.txt)
+    #              | damaged (results.json unreadable, or its numbers do not match their digest)
 
     @property
     def key(self) -> str:
@@ -50,21 +54,67 @@ def run_dir_of(runs_root: str | Path, suite: Suite, cell: Cell, seed: int) -> Pa
     return Path(runs_root) / suite.name / cell.id / f"seed{seed}"
 
 
-def read_results(run_dir: Path) -> dict | None:
+#: what ``numbers_digest`` covers: every number the leaderboard shows or could show, and what produced them
+DIGEST_FIELDS = ("config", "seed", "status", "completed_tasks", "acc_matrix", "acc_matrix_task_il", "acc_init",
+                 "acc_init_task_il", "metrics", "memory", "time")
+DIGEST_KEY = "numbers_digest"
+
+
+def numbers_digest(results: dict) -> str:
+    """``sha256:<hex>`` of the :data:`DIGEST_FIELDS` of a results dict, as canonical JSON (sorted keys; floats
+    written as Python's shortest round-trip repr, so reading and rewriting the file keeps the digest)."""
+    numbers = {k: results.get(k) for k in DIGEST_FIELDS}
+    text = json.dumps(numbers, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_problem(results: dict) -> str | None:
+    """Why the run's numbers cannot be trusted (no digest, or one that does not match them), else None."""
+    stored = results.get(DIGEST_KEY)
+    if not stored:
+        return ("its results.json has no digest of its numbers (written before digests existed: add one with "
+                "clzoo-leaderboard digest RUNS_FOLDER)")
+    if stored != numbers_digest(results):
+        return "its numbers do not match their digest (the file was edited or damaged); re-run it"
+    return None
+
+
+def load_results(run_dir: Path) -> tuple[dict | None, str | None]:
+    """``(results, None)``; ``(None, None)`` when the run has no results.json; ``(None, reason)`` when it has one
+    that cannot be read (truncated, damaged, unreadable)."""
     path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return None
+    if not path.exists():
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        raw = path.read_bytes()
+    except OSError as err:
+        return None, f"its results.json cannot be read ({err.strerror or err})"
+    try:
+        results = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, f"its results.json is not UTF-8 text ({len(raw):,} bytes, damaged); re-run it"
+    except json.JSONDecodeError as err:
+        return None, (f"its results.json is not valid JSON ({len(raw):,} bytes; {err.msg} at line {err.lineno}, "
+                      f"column {err.colno}: truncated or damaged); re-run it")
+    if not isinstance(results, dict):
+        return None, f"its results.json holds a JSON {type(results).__name__}, not a run's results; re-run it"
+    return results, None
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The run's results, or None when it has none or they cannot be read (see :func:`load_results`)."""
+    return load_results(run_dir)[0]
 
 
 def run_status(run_dir: Path, expected_hash: str) -> str:
-    results = read_results(run_dir)
+    results, problem = load_results(run_dir)
+    if problem is not None:
+        return "damaged"
     if results is not None:
         if config_hash(results.get("config", {})) != expected_hash:
             return "stale"
+        if results.get(DIGEST_KEY) and results[DIGEST_KEY] != numbers_digest(results):
+            return "damaged"
         return "done" if results.get("status") == "complete" else "partial"
     if (Path(run_dir) / "error.txt").is_file():
         return "failed"
@@ -99,18 +149,34 @@ def cell_command(suite: Suite, cell: Cell, seed: int | None = None) -> str:
 def job_entry(p: PlannedRun, threads: int | None, device: str | None, command: str) -> dict:
     """What one job needs (JSON-serialisable): the configuration, where to write, how to execute."""
     return {"suite": p.suite.name, "cell": p.cell.id, "seed": p.seed, "run_dir": str(p.run_dir.resolve()),
-            "config": p.config, "hash": p.hash, "fresh": p.status in ("stale", "failed"), "threads": threads,
+            "config": p.config, "hash": p.hash, "fresh": p.status in ("stale", "failed", "damaged"), "threads": threads,
             "device": device, "command": command}
 
 
 def _clear(run_dir: Path) -> None:
+    from ..engine.lock import LOCK_NAME
+
     if run_dir.is_dir():
         for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if child.name != LOCK_NAME:  # held by this job: removing it would let another take the folder
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def execute(entry: dict, echo=None) -> dict:
-    """Run one job into its folder; never raises (a failure leaves ``error.txt``). Returns a short summary."""
+    """Run one job into its folder, holding the folder's lock; never raises (a failure leaves ``error.txt``,
+    except when another process holds the folder: then nothing there is touched). Returns a short summary."""
+    from ..engine.lock import RunDirBusyError, run_dir_lock
+
+    try:
+        with run_dir_lock(entry["run_dir"]):
+            return _execute(entry, echo)
+    except RunDirBusyError as err:
+        label = f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
+        _echo(echo, f"FAILED {label}: {err}")
+        return {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
+
+
+def _execute(entry: dict, echo=None) -> dict:
     import torch
 
     from ..engine.checkpoint import atomic_write_text, latest_checkpoint
@@ -154,6 +220,7 @@ def execute(entry: dict, echo=None) -> dict:
                               "threads": threads or torch.get_num_threads(),
                               "device": str(resolve_device(cfg["trainer"].get("device", "auto"))),
                               "command": entry["command"]}
+    results[DIGEST_KEY] = numbers_digest(results)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
     if results.get("status") == "complete":
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -210,3 +277,34 @@ def warm_data(planned: list[PlannedRun]) -> None:
         if key not in seen:
             seen.add(key)
             load_source(s["dataset"], d.get("root"), bool(d.get("download", False)), s.get("path"))
+
+
+def add_digests(runs_root: str | Path, echo=print) -> tuple[int, int, list[str]]:
+    """Add ``numbers_digest`` to every ``results.json`` under ``runs_root`` that has none, computed from the file
+    as it is (its numbers are not changed: the rewritten file is checked to load back to the same dict plus the
+    digest). Returns (added, already there, problems: unreadable files or digests that do not match)."""
+    added, present, problems = 0, 0, []
+    for path in sorted(Path(runs_root).rglob("results.json")):
+        results, problem = load_results(path.parent)
+        if problem:
+            problems.append(f"{path}: {problem}")
+            continue
+        if results.get(DIGEST_KEY):
+            present += 1
+            if results[DIGEST_KEY] != numbers_digest(results):
+                problems.append(f"{path}: its numbers do not match their digest (left as it is)")
+            continue
+        updated = {**results, DIGEST_KEY: numbers_digest(results)}
+        new_text = json.dumps(updated, indent=1)  # as clzoo-leaderboard run writes it
+        back = json.loads(new_text)
+        back.pop(DIGEST_KEY)
+        if json.dumps(back, sort_keys=True) != json.dumps(results, sort_keys=True):  # text: NaN-safe, exact floats
+            problems.append(f"{path}: rewriting would change it; left as it is")
+            continue
+        atomic_write_text(path, new_text)
+        added += 1
+    echo(f"{runs_root}: digest added to {added} results.json, {present} had one"
+         + (f"; {len(problems)} problem(s)" if problems else ""))
+    for p in problems:
+        echo(f"  {p}")
+    return added, present, problems

@@ -14,6 +14,10 @@ A method is an ``nn.Module`` that owns the model and every piece of state it kee
 into network input. ``forward`` receives evaluation input (already normalised). Everything kept between tasks
 must be in ``state_dict()`` (parameters, buffers, sub-modules): that is what the ledger counts, what the
 budget caps and what a checkpoint restores.
+
+The engine checks every ``observe`` loss for NaN / infinity. A training loop a method runs on its own (a refit on
+the memory in ``end_task``, a warm-up in ``begin_task``) steps with ``self.fit_step(loss, opt, where=...)`` so it
+gets the same check; the engine also checks the parameters after ``begin_task`` and ``end_task``.
 """
 from __future__ import annotations
 
@@ -162,6 +166,19 @@ class Method(nn.Module):
         self.opt.step()
         return loss.detach()
 
+    def fit_step(self, loss: Tensor, opt: torch.optim.Optimizer | None = None, where: str = "end_task") -> Tensor:
+        """One step of a training loop the method runs on its own (a refit on the memory, a head warm-up, any
+        fitting in ``begin_task`` / ``end_task``): the engine's non-finite check on ``loss``, then zero_grad ->
+        backward -> step of ``opt`` (default ``self.opt``). A diverging loop stops with the same clear
+        :class:`NonFiniteLossError` as ``observe`` instead of leaving NaN weights behind. ``where`` names the
+        loop in that error (e.g. ``"GDumb's refit on the memory"``)."""
+        check_finite(loss, self.current_task, where=where)
+        opt = opt if opt is not None else self.opt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
     def frozen_copy(self, module: nn.Module | None = None, category: str = "teachers") -> nn.Module:
         """A frozen deep copy (e.g. the old model of LwF / iCaRL); tagged so the ledger counts it."""
         teacher = copy.deepcopy(module if module is not None else self.model)
@@ -207,11 +224,24 @@ class Method(nn.Module):
                             selection=selection).to(self.device)
 
 
-def check_finite(loss: Tensor | float, task_id: int, step: int) -> float:
-    value = float(loss)
+def check_finite(loss: Tensor | float, task_id: int, step: int | None = None, where: str | None = None) -> float:
+    """``float(loss)``, or :class:`NonFiniteLossError` when it is NaN or infinite. The engine calls it on every
+    ``observe`` loss; :meth:`Method.fit_step` on every step of a loop a method runs itself (``where`` names it)."""
+    value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
     if value != value or value in (float("inf"), float("-inf")):
+        at = f"task {task_id}" + (f", step {step}" if step is not None else "") + (f", {where}" if where else "")
         raise NonFiniteLossError(
-            f"loss became {value} at task {task_id}, step {step}; lower trainer.optimizer.lr or check the method's "
+            f"loss became {value} at {at}; lower trainer.optimizer.lr or check the method's "
             f"hyper-parameters (completed tasks are saved in checkpoints/)")
     return value
+
+
+def check_parameters_finite(method: nn.Module, task_id: int, when: str) -> None:
+    """:class:`NonFiniteLossError` when a parameter of ``method`` holds NaN or infinity: the engine's net after
+    ``begin_task`` and ``end_task``, for loops that do not go through :meth:`Method.fit_step`."""
+    for name, p in method.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise NonFiniteLossError(
+                f"parameter {name} became NaN or infinite at task {task_id}, {when}; lower trainer.optimizer.lr or "
+                f"check the method's hyper-parameters (completed tasks are saved in checkpoints/)")
 

@@ -58,9 +58,7 @@ class LwF(Method):
                     feats = self.model.features(self.augment(x_all[idx]))
                 logits = self.model.head(feats)[:, cls]
                 loss = F.cross_entropy(logits, torch.searchsorted(cls, y_all[idx]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                self.fit_step(loss, opt, where="LwF's head warm-up (method.warmup_epochs, trainer.optimizer.lr)")
         self.model.train()
 
     def observe(self, x, y, task_id):

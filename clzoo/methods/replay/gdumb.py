@@ -66,4 +66,5 @@ class GDumb(Method):
             order = torch.randperm(n, device=memory.y.device)
             for i in range(0, n, self.fit_batch_size):
                 idx = order[i:i + self.fit_batch_size]
-                self.step(F.cross_entropy(self.model(self.augment(memory.x[idx])), memory.y[idx]))
+                self.fit_step(F.cross_entropy(self.model(self.augment(memory.x[idx])), memory.y[idx]),
+                              where="GDumb's refit on the memory (method.fit_lr, else trainer.optimizer.lr)")
