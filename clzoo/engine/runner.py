@@ -19,6 +19,7 @@ from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_finite, check_parameters_finite
 from ..models import ContinualModel, mask_logits
+from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from . import online
 from .checkpoint import (atomic_write_text, config_hash, ensure_writable, load_latest_intact,
@@ -283,6 +284,9 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)
+    # a pretrained backbone whose card says it has seen the stream's classes is refused (model.allow_overlap)
+    provenance = check_source_overlap(model.backbone, stream)
+    check_input_pipeline(model.backbone, train_tf)
     check_model_fits(model, stream, (cfg.get("_choices") or {}).get("model"))
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
@@ -296,7 +300,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
                 "ledgers": [], "violations": [violation0] if violation0 else [], "config_hash": chash,
-                "num_threads": num_threads, "config": cfg}  # the config: a refused resume names the keys that changed
+                "num_threads": num_threads, "config": cfg,  # the config: a refused resume names the keys that changed
+                "backbone": provenance}
     start = 0
     ckpt = resume_checkpoint(run_dir, chash, num_threads, cfg) if cfg.get("resume", False) else None
     if ckpt is not None:
@@ -438,6 +443,7 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "memory": memory,
         **({"anytime": anytime} if (anytime := online.anytime_results(progress, cfg["trainer"])) is not None else {}),
         **({"task_free": True} if online.is_task_free(cfg) else {}),
+        "backbone": progress.get("backbone"),
         "num_threads": progress.get("num_threads"),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),
