@@ -80,6 +80,9 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("stream", "task_free"): False,
     ("trainer", "anytime_every"): None,
     ("trainer", "anytime_test_per_task"): None,
+    # pretrained backbones (clzoo/models/pretrained.py)
+    ("model", "checkpoint"): None,
+    ("model", "allow_overlap"): False,
 }
 
 
