@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rotation import check_square_images
+
 ROTATION_VIEWS = (4, 16)
 
 
@@ -24,11 +26,8 @@ def check_rotatable(input_shape: Sequence[int], n_views: int, who: str = "rotati
     """Raise a clear error when ``input_shape`` (C, H, W) cannot be rotated into ``n_views`` views."""
     if n_views not in ROTATION_VIEWS:
         raise ValueError(f"{who}: n_views must be one of {ROTATION_VIEWS}, got {n_views}")
-    if len(input_shape) != 3:
-        raise ValueError(f"{who}: needs images (C, H, W), got input shape {tuple(input_shape)}")
+    check_square_images(input_shape, who)
     _, h, w = input_shape
-    if h != w:
-        raise ValueError(f"{who}: rotations by 90 degrees need square images, got {h}x{w}")
     if n_views == 16 and w % 2:
         raise ValueError(f"{who}: the 16 OCM views turn each half of the image, which needs an even width, got "
                          f"{h}x{w}; use n_views=4 (rotations only)")
