@@ -155,6 +155,13 @@ def save_hydra_files(cfg: DictConfig, run_dir: str) -> None:
 def main() -> None:
     register_resolvers()
     sys.argv[1:] = expand_user_overrides(sys.argv[1:])
+    from .presets import PresetError, check_overrides
+
+    try:  # +experiment=NAME: an unknown preset, or one naming a method not installed, before Hydra composes
+        check_overrides(sys.argv[1:])
+    except PresetError as err:
+        print(f"clzoo-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 
