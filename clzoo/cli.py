@@ -131,6 +131,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.stdout = out
         log.close()
         lock.__exit__(None, None, None)
+    if "final_val_acc" in results["metrics"]:  # trainer.validation_fraction > 0: what a sweeper tunes on
+        return results["metrics"]["final_val_acc"]
     suffix = "_task_il" if results.get("headline") == "task_il" else ""
     return results["metrics"]["final_acc" + suffix]
 

@@ -8,6 +8,7 @@ No torch import here: ``clzoo-run`` checks presets before loading anything heavy
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Sequence
@@ -93,6 +94,12 @@ def check(name: str, group: str = "experiment", extra=()) -> dict[str, str]:
     """Raise :class:`PresetError` unless preset ``name`` exists and every config it chooses is installed."""
     chosen = selections(name, group, extra)
     for grp, option in chosen.items():
+        if grp.startswith("hydra/"):  # Hydra's own groups: options come from installed plugins
+            if grp == "hydra/sweeper" and option == "optuna" and importlib.util.find_spec(
+                    "hydra_plugins.hydra_optuna_sweeper") is None:
+                raise PresetError(f"+{group}={name} uses the Optuna sweeper, which is not installed: "
+                                  "pip install 'clzoo[sweep]' (hydra-optuna-sweeper)")
+            continue
         options = group_options(grp, extra)
         if option not in options:
             raise PresetError(f"+{group}={name} ({find(name, group, extra)}) chooses {grp}={option}, which is not "
