@@ -148,6 +148,12 @@ def build_stream(
     ``class_order`` fixes the order of classes; ``class_order_seed`` shuffles it reproducibly (its own seed,
     independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task.
     """
+    if dataset == "avalanche" and source is None:  # an Avalanche benchmark (stream=avalanche; imported only here)
+        from ..interop.avalanche import build_avalanche_stream
+
+        return build_avalanche_stream(name=name, root=root, train_per_task=train_per_task,
+                                      test_per_task=test_per_task, online=online, class_order_seed=class_order_seed,
+                                      **_ignored)
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
     src = source or load_source(dataset, root, download, path, drop_empty_classes)
