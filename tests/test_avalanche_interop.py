@@ -106,6 +106,26 @@ def test_same_method_both_ways_same_accuracy(tmp_path):
     assert 0.3 < sum(accs) / 5 < 1.0
 
 
+def test_avalanche_strategy_under_clzoo_counts_its_state(tmp_path):
+    """method=avalanche (Avalanche's SI): the plugins' state is in state_dict and the ledger, under 'other'."""
+    import io
+
+    from clzoo.config import compose
+    from clzoo.engine.runner import run
+
+    cfg = compose(["method=avalanche", "stream.train_per_task=100", "stream.test_per_task=40", "trainer.max_tasks=2",
+                   "trainer.num_threads=1", "log.tensorboard=false", "log.plots=false"])
+    results = run(cfg, tmp_path / "run", show_progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "task_001.pt", weights_only=False)
+    state = ckpt["method"]["strategy_state"]
+    assert results["memory"]["by_category"]["other"] == state.numel() > 0
+    plugins = torch.load(io.BytesIO(state.numpy().tobytes()), weights_only=False)
+    si = next(p for p in plugins if "ewc_data" in p)  # SI's importances and reference weights, per parameter
+    n_params = sum(p.numel() for p in ckpt["method"].values() if p.is_floating_point())
+    assert state.numel() > 2 * 4 * n_params  # at least the importance and the reference weight of every weight
+    assert results["acc_matrix"][0][0] > 0.8 and si  # the strategy trained the task
+
+
 def test_clzoo_run_does_not_import_avalanche():
     code = ("import sys, clzoo.cli, clzoo.engine.runner, clzoo.data, clzoo.config\n"
             "from clzoo.config import compose\ncompose(['stream=split_digits'])\n"
