@@ -21,7 +21,7 @@ CONF = REPO / "conf"
 @pytest.fixture
 def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
-    monkeypatch.delenv("CLZOO_CONF_PATH", raising=False)
+    monkeypatch.setenv("CLZOO_CONF_PATH", "")  # restored after the test
 
 
 def test_repository_conf_is_on_the_search_path(in_repo):
@@ -54,7 +54,7 @@ def test_env_var_and_hydra_searchpath(tmp_path, monkeypatch):
     (extra / "experiment" / "tiny.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /method: si\n  - _self_\nseed: 7\n")
     monkeypatch.chdir(tmp_path)  # no conf/ here
-    monkeypatch.delenv("CLZOO_CONF_PATH", raising=False)
+    monkeypatch.setenv("CLZOO_CONF_PATH", "")  # restored after the test
     with pytest.raises(PresetError, match="no experiment presets on the search path.*CLZOO_CONF_PATH"):
         check_overrides(["+experiment=tiny"])
     # hydra.searchpath keeps working (Hydra's own mechanism), and the pre-check reads it
@@ -97,6 +97,15 @@ def test_suites_with_presets_keep_the_committed_runs_hashes(in_repo):
             pytest.skip(f"no committed run {results}")
         committed = json.loads(results.read_text())["leaderboard"]["config_hash"]
         assert config_hash(compose_cell(suite, cell, 0)) == committed
+
+
+def test_suite_finds_its_repository_presets_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLZOO_CONF_PATH", "")  # restored after the test
+    suite = load_suite(REPO / "experiments" / "split_digits.yaml")
+    assert suite.cell("der-b50").preset == "der_split_digits"
+    cfg = compose_cell(suite, suite.cell("clr"), 0)
+    assert cfg["_choices"]["model"] == "resnet18" and cfg["model"]["nf"] == 8
 
 
 def test_suite_preset_errors(in_repo):

@@ -273,6 +273,18 @@ def _reference(value, settings: list[str], where: str) -> dict[str, float]:
     return out
 
 
+def _add_suite_conf(path: Path) -> None:
+    """A suite naming presets finds those of its repository (``<repo>/experiments/x.yaml`` -> ``<repo>/conf``)
+    from any working directory: that folder joins ``CLZOO_CONF_PATH`` (inherited by the runs it starts)."""
+    import os
+
+    from ..presets import ENV_VAR, folders
+
+    conf = Path(path).resolve().parent.parent / "conf"
+    if (conf / "experiment").is_dir() and conf not in folders():
+        os.environ[ENV_VAR] = os.pathsep.join(p for p in (os.environ.get(ENV_VAR), str(conf)) if p)
+
+
 def _preset(value, where: str) -> str | None:
     """A preset name of ``conf/experiment/`` (checked: it exists and its configs are installed)."""
     if value is None:
@@ -329,6 +341,8 @@ def parse_suite(data: Any, path: str | Path, name: str | None = None) -> Suite:
     memory_axis = data.get("memory_axis", "besides_model")
     if memory_axis not in MEMORY_AXES:
         _fail(f"{where}: memory_axis", f"must be one of {', '.join(MEMORY_AXES)}, got {memory_axis!r}")
+    if data.get("preset") or any(isinstance(c, dict) and c.get("preset") for c in data.get("cells") or []):
+        _add_suite_conf(path)
     suite_preset = _preset(data.get("preset"), f"{where}: preset")
     cells_in = data["cells"]
     if not isinstance(cells_in, list) or not cells_in:
