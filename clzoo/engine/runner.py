@@ -244,19 +244,23 @@ def resume_checkpoint(run_dir: Path, chash: str, num_threads: int, cfg: dict | N
     return ckpt
 
 
-def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
+def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, observer=None) -> dict:
     """Run one configuration into ``run_dir`` and return the results dict (also written as results.json).
-    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`)."""
+    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`).
+
+    ``observer(method, task_id)``, if given, is called once the method is built (``task_id=None``) and after every
+    task, when its checkpoint is written (the conformance kit inspects the method there).
+    """
     from ..config import validate
 
     validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
         prepare_run_dir(run_dir)
-        return _run(cfg, run_dir, show_progress)
+        return _run(cfg, run_dir, show_progress, observer)
 
 
-def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
+def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) -> dict:
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
@@ -282,6 +286,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
+    if observer is not None:
+        observer(method, None)
     ledger0 = budget.measure(method)
     violation0 = budget.check(ledger0, "before training")  # raises when enforced, else is recorded
 
@@ -325,10 +331,12 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
-            method.start_task(task)
+            # methods see the task without its test data, less the validation split they ask for
+            seen_task = task.training_view(getattr(method, "validation_fraction", 0.0), seed)
+            method.start_task(seen_task)
             check_parameters_finite(method, task.id, "after begin_task")
-            train_task(method, task, cfg, device, writer, progress, show_progress)
-            method.end_task(task)
+            train_task(method, seen_task, cfg, device, writer, progress, show_progress)
+            method.end_task(seen_task)
             check_parameters_finite(method, task.id, "after end_task")
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -346,7 +354,11 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
-            progress["ledgers"].append(ledger.to_dict())
+            ledger_entry = ledger.to_dict()
+            report = getattr(method, "memory_report", None)
+            if callable(report):  # method-specific memory figures (e.g. totals without a weight generator)
+                ledger_entry["method_report"] = report(ledger)
+            progress["ledgers"].append(ledger_entry)
             if violation:
                 progress["violations"].append(violation)
             if writer is not None:
@@ -362,6 +374,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
             save_checkpoint(run_dir, task.id, method.state_dict(), progress,
                             keep_last=int(log_cfg.get("keep_checkpoints") or 0))
+            if observer is not None:
+                observer(method, task.id)
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
                               [lg["total_bytes"] for lg in progress["ledgers"]])
     finally:
@@ -389,7 +403,8 @@ def buffer_fill(method) -> list[dict]:
 
 def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
     R, R_til = progress["R"], progress["R_til"]
-    metrics = {**M.all_metrics(R, progress["R0"]), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
+    sizes = [len(t.y_test) for t in stream.tasks][: len(R)]
+    metrics = {**M.all_metrics(R, progress["R0"], sizes=sizes), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
     last = progress["ledgers"][-1]
     memory = {**last, "per_task": progress["ledgers"], "violations": progress["violations"],
               "budget_mb": budget.mb, "enforce": budget.enforce}
@@ -402,7 +417,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
                    "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
                    "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
-                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
+                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks],
+                   "test_sizes": [len(t.y_test) for t in stream.tasks]},
         "method": method_name,
         "acc_matrix": R,
         "acc_matrix_task_il": R_til,

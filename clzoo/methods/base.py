@@ -11,9 +11,14 @@ A method is an ``nn.Module`` that owns the model and every piece of state it kee
         def forward(self, x, task_id=None): ...         # logits for evaluation
 
 ``observe`` receives the batch *as stored* (uint8 images on the run's device); ``self.augment(x)`` turns it
-into network input. ``forward`` receives evaluation input (already normalised). Everything kept between tasks
-must be in ``state_dict()`` (parameters, buffers, sub-modules): that is what the ledger counts, what the
-budget caps and what a checkpoint restores.
+into network input. ``forward`` receives evaluation input (already normalised: ``self.preprocess(x)`` makes it
+from stored inputs). Everything kept between tasks must be in ``state_dict()`` (parameters, buffers,
+sub-modules): that is what the ledger counts, what the budget caps and what a checkpoint restores.
+
+The ``task`` handed to ``begin_task`` / ``training_data`` / ``end_task`` is a
+:class:`~clzoo.data.scenarios.TrainingTask`: the task's training data and, when the method sets
+``validation_fraction``, a validation split carved from it (``task.x_val``, ``task.y_val``) that the engine does
+not train on. Test data is never handed to a method. The full author-facing reference is ``docs/api.md``.
 
 The engine checks every ``observe`` loss for NaN / infinity. A training loop a method runs on its own (a refit on
 the memory in ``end_task``, a warm-up in ``begin_task``) steps with ``self.fit_step(loss, opt, where=...)`` so it
@@ -90,6 +95,13 @@ class Method(nn.Module):
     method_name: str = ""
     #: True when ``forward`` needs the task id at test time (a task oracle, e.g. per-task parameters)
     needs_task_id: bool = False
+    #: fraction of every class of a task's training data the engine holds out as ``task.x_val`` / ``task.y_val``
+    #: (seeded, stratified) and does not train on; a class attribute or an instance value set in ``__init__``
+    validation_fraction: float = 0.0
+    #: names (attribute paths from the method, e.g. ``"scratch"``) of tensors deliberately kept outside
+    #: ``state_dict``: scratch rebuilt at every task start, or constants derived from ``ctx``. Nothing else may live
+    #: outside it; the conformance kit checks that these are equal after a resume (so they carry nothing across tasks)
+    transient_state: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
@@ -119,6 +131,8 @@ class Method(nn.Module):
         return task.x_train, task.y_train
 
     def trainable_parameters(self):
+        """The parameters ``self.opt`` steps (rebuilt at every task start): the model's. Override it to train a
+        parameter held on the method itself (e.g. ``[*self.model.parameters(), self.scale]``)."""
         return self.model.parameters()
 
     def reset_optimizer(self) -> None:

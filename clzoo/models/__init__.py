@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..memory.ledger import tag_memory
-from .backbones import (MLP, ConvNet2, PretrainedWeightsError, ResNet, TimmBackbone, cifar_resnet, reduced_resnet18,
+from .backbones import (MLP, ConvNet2, LeNet, PretrainedWeightsError, ResNet, TimmBackbone, cifar_resnet, reduced_resnet18,
                         resnet32)
 
 
@@ -46,4 +46,4 @@ def mask_logits(logits: Tensor, classes) -> Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
-__all__ = ["ContinualModel", "ConvNet2", "cifar_resnet", "MLP", "PretrainedWeightsError", "ResNet", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]
+__all__ = ["ContinualModel", "ConvNet2", "cifar_resnet", "LeNet", "MLP", "PretrainedWeightsError", "ResNet", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]

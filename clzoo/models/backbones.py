@@ -46,6 +46,24 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class LeNet(nn.Module):
+    """A small conv net (LeNet-5 style, as the hypernetwork papers' conv target networks): two 5x5 convolutions
+    (``channels``, zero padding 2) each followed by ReLU and 2x2 max-pooling, then a ReLU layer of ``hidden`` units."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (20, 50), hidden: int = 500):
+        super().__init__()
+        c, h, w = input_shape
+        c1, c2 = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden), nn.ReLU())
+        self.out_features = hidden
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 

@@ -43,6 +43,7 @@ from ...models.reprogramming import (ANCHOR, TaskHeads, add_task, reprogram_, se
 @register_method("clr")
 class CLR(Method):
     needs_task_id = True
+    transient_state = ("local_label",)  # derived from ctx.stream.task_classes
 
     def __init__(self, model, ctx, reg_lambda: float = 1e-5):
         super().__init__(model, ctx)
