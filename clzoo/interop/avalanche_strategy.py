@@ -85,6 +85,7 @@ class ClzooStrategy(SupervisedTemplate):
                      "stream": {"online": stream_info.online}}
         self._progress = {"step": 0}
         self._task_id = 0
+        self._seed = int(seed or 0)
         view = _EvalView(self.clzoo_method, order)
         unused = torch.optim.SGD(view.parameters(), lr=lr)  # Avalanche wants one; the clzoo method makes its own
         from ..engine.checkpoint import rng_state
@@ -123,6 +124,8 @@ class ClzooStrategy(SupervisedTemplate):
         outside = rng_state()
         set_rng_state(self._rng)
         method = self.clzoo_method
+        if hasattr(task, "training_view"):  # what a method sees: no test data, its validation split if it asks
+            task = task.training_view(getattr(method, "validation_fraction", 0.0), self._seed)
         method.train()
         method.start_task(task)
         train_task(method, task, self._cfg, self.device, None, self._progress, False)

@@ -6,8 +6,9 @@ method.strategy=SynapticIntelligence 'method.args={si_lambda: 1.0}'``.
 The strategy trains clzoo's model with its own loop, once per task, at the end of the task (it receives the
 task's training images, normalised by the stream's ``augment.mean/std``, without augmentation, and clzoo's
 optimizer settings, batch size and epochs); clzoo evaluates. What the strategy keeps between tasks (its plugins'
-tensors: SI's importances and reference weights, EWC's Fisher, a replay buffer) is serialised into the
-``strategy_state`` buffer after every task, so the ledger counts it byte for byte and a run resumes exactly.
+tensors: SI's importances and reference weights, EWC's Fisher, a replay buffer, and its clock) is serialised into
+the ``strategy_state`` buffer after every task and the strategy dropped: that buffer is the one copy kept between
+tasks, so the ledger counts it byte for byte, and every task (and a resumed run) rebuilds the strategy from it.
 Avalanche is imported when the first task starts, never at ``clzoo-run`` start-up.
 """
 from __future__ import annotations
@@ -117,3 +118,6 @@ class AvalancheStrategy(Method):
         bench = tensors_benchmark([(x, y)], [(x[:1], y[:1])], task_labels=[0])  # one experience: this task
         strategy.train(bench.train_stream[0])
         self._save()
+        # the serialised buffer is the one copy kept between tasks (counted, checkpointed); the strategy is rebuilt
+        # from it at the next task, exactly as after a resume
+        self._strategy = None
