@@ -78,6 +78,13 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("stream", "class_order_rng"): "torch",
     ("trainer", "validation_fraction"): 0.0,
     ("trainer", "validation_seed"): 0,
+    # online and task-free runs (clzoo/engine/online.py)
+    ("stream", "task_free"): False,
+    ("trainer", "anytime_every"): None,
+    ("trainer", "anytime_test_per_task"): None,
+    # pretrained backbones (clzoo/models/pretrained.py)
+    ("model", "checkpoint"): None,
+    ("model", "allow_overlap"): False,
 }
 
 

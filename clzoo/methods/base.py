@@ -48,14 +48,16 @@ class StreamInfo:
     task_classes: list[list[int]]
     scenario: str = "class_il"
     online: bool = False
+    #: task-free run: no begin_task / end_task, observe gets task_id=None (clzoo/engine/online.py)
+    task_free: bool = False
 
     def classes_seen(self, task_id: int) -> int:
         return max(c for cls in self.task_classes[: task_id + 1] for c in cls) + 1
 
     @classmethod
-    def from_stream(cls, stream) -> "StreamInfo":
+    def from_stream(cls, stream, task_free: bool = False) -> "StreamInfo":
         return cls(stream.n_tasks, stream.n_classes, tuple(stream.input_shape), [t.classes for t in stream.tasks],
-                   stream.scenario, stream.online)
+                   stream.scenario, stream.online, task_free)
 
 
 @dataclass
@@ -73,14 +75,15 @@ class RunContext:
 
 
 def build_optimizer(params, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
-                    weight_decay: float = 0.0, nesterov: bool = False, **_ignored) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, nesterov: bool = False, betas=None, **_ignored) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    betas = tuple(betas) if betas is not None else (0.9, 0.999)  # trainer.optimizer.betas (adam, adamw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw (trainer.optimizer.name)")
 
 
@@ -102,6 +105,9 @@ class Method(nn.Module):
     #: ``state_dict``: scratch rebuilt at every task start, or constants derived from ``ctx``. Nothing else may live
     #: outside it; the conformance kit checks that these are equal after a resume (so they carry nothing across tasks)
     transient_state: tuple[str, ...] = ()
+    #: True when the method trains without being told task boundaries (``stream.task_free=true``): it then gets
+    #: no begin_task / end_task calls and ``observe(x, y, task_id=None)``
+    supports_task_free: bool = False
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
@@ -204,12 +210,13 @@ class Method(nn.Module):
         return tag_memory(teacher.eval(), category)
 
     def make_buffer(self, buffer: dict | int | str | None, store_logits: bool = False,
-                    selection: str | None = None, reserved_bytes: int = 0) -> ReplayBuffer:
+                    selection: str | None = None, reserved_bytes: int = 0,
+                    extra_bytes_per_sample: int = 0) -> ReplayBuffer:
         """Build the method's :class:`ReplayBuffer` from ``buffer`` = {capacity, selection} or a capacity.
 
         ``capacity: auto`` takes what the budget leaves after everything the method already holds (and
-        ``reserved_bytes`` it will add later), so methods are compared at equal memory. Call it last in
-        ``__init__``.
+        ``reserved_bytes`` it will add later, and ``extra_bytes_per_sample`` it keeps beside each stored sample,
+        e.g. GSS's score), so methods are compared at equal memory. Call it last in ``__init__``.
         """
         cfg = dict(buffer) if isinstance(buffer, dict) else {"capacity": buffer}
         capacity = cfg.get("capacity", "auto")
@@ -220,8 +227,8 @@ class Method(nn.Module):
             if budget.bytes is None:
                 raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
                                   f"or a fixed method.buffer.capacity=N")
-            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits),
-                                            math.prod(info.input_shape))  # uint8 pixels
+            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
+                                            + int(extra_bytes_per_sample), math.prod(info.input_shape))  # uint8 pixels
             held = (budget.measure(self).budgeted_bytes + int(reserved_bytes)
                     + (ReplayBuffer.FIXED_BYTES if budget.convention == "full" else 0))
             capacity = (budget.bytes - held) // per_sample
@@ -234,8 +241,10 @@ class Method(nn.Module):
                     f"and one exemplar costs {per_sample:,} bytes, so it needs at least {needed:,} bytes; raise "
                     f"budget.mb to at least {min_mb:g}"
                     + (" or set budget.count_model=false" if budget.count_model else ""))
-        return ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
-                            selection=selection).to(self.device)
+        buffer = ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
+                              selection=selection).to(self.device)
+        buffer.extra_bytes_per_sample = int(extra_bytes_per_sample)  # what the owner keeps beside each sample
+        return buffer
 
 
 def check_finite(loss: Tensor | float, task_id: int, step: int | None = None, where: str | None = None) -> float:
