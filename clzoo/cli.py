@@ -131,6 +131,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.stdout = out
         log.close()
         lock.__exit__(None, None, None)
+    if "final_val_acc" in results["metrics"]:  # trainer.validation_fraction > 0: what a sweeper tunes on
+        return results["metrics"]["final_val_acc"]
     suffix = "_task_il" if results.get("headline") == "task_il" else ""
     return results["metrics"]["final_acc" + suffix]
 
@@ -155,6 +157,13 @@ def save_hydra_files(cfg: DictConfig, run_dir: str) -> None:
 def main() -> None:
     register_resolvers()
     sys.argv[1:] = expand_user_overrides(sys.argv[1:])
+    from .presets import PresetError, check_overrides
+
+    try:  # +experiment=NAME: an unknown preset, or one naming a method not installed, before Hydra composes
+        check_overrides(sys.argv[1:])
+    except PresetError as err:
+        print(f"clzoo-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

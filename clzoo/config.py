@@ -109,6 +109,8 @@ _TYPED = {
     "trainer.eval_batch_size": ("int", 1, False),
     "trainer.log_every": ("int", 1, False),
     "trainer.max_tasks": ("int", 1, True),
+    "trainer.validation_fraction": ("float", 0, False),
+    "trainer.validation_seed": ("int", None, False),
     "trainer.num_threads": ("int", 1, True),
     "trainer.optimizer.lr": ("float", 0, False),
     "trainer.optimizer.momentum": ("float", 0, True),
@@ -189,6 +191,10 @@ def validate(cfg: dict) -> None:
         _check_typed(key, value, kind, minimum, nullable)
     if cfg.get("resume", False) not in RESUME_VALUES:
         raise ConfigError(f"resume={cfg.get('resume')} is not one of true, false, must")
+    fraction = (cfg.get("trainer") or {}).get("validation_fraction") or 0
+    if isinstance(fraction, (int, float)) and not 0 <= fraction < 1:
+        raise ConfigError(f"trainer.validation_fraction={fraction} must be in [0, 1): the share of each class of "
+                          "every task's training data held out for validation (0: none)")
     check_device((cfg.get("trainer") or {}).get("device", "auto"))
 
 

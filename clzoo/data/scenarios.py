@@ -219,6 +219,12 @@ def build_stream(
     ``train_per_class`` a seeded subset of that many training samples of every class (class-IL / task-IL), which
     keeps classes balanced when tasks differ in size.
     """
+    if dataset == "avalanche" and source is None:  # an Avalanche benchmark (stream=avalanche; imported only here)
+        from ..interop.avalanche import build_avalanche_stream
+
+        return build_avalanche_stream(name=name, root=root, train_per_task=train_per_task,
+                                      test_per_task=test_per_task, online=online, class_order_seed=class_order_seed,
+                                      **_ignored)
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
     src = source or load_source(dataset, root, download, path, drop_empty_classes)

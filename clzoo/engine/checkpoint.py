@@ -76,6 +76,8 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("trainer", "optimizer", "gamma"): 0.1,
     ("budget", "convention"): "full",
     ("stream", "class_order_rng"): "torch",
+    ("trainer", "validation_fraction"): 0.0,
+    ("trainer", "validation_seed"): 0,
     # online and task-free runs (clzoo/engine/online.py)
     ("stream", "task_free"): False,
     ("trainer", "anytime_every"): None,

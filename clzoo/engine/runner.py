@@ -25,6 +25,7 @@ from . import online
 from .checkpoint import (atomic_write_text, config_hash, ensure_writable, load_latest_intact,
                          remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
+from .validation import final_validation_accuracy, hold_out_validation, validation_accuracy
 from .reporting import ProgressLines, summary, trained_metrics, write_metrics_csv, write_plots
 
 
@@ -276,6 +277,9 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
     chash = run_config_hash(cfg, num_threads)
 
     stream = build_stream_from_config(cfg)
+    # trainer.validation_fraction: a validation split held out of the training data, for tuning (never the test set)
+    val_fraction = float(trainer.get("validation_fraction") or 0.0)
+    val_sets = hold_out_validation(stream, val_fraction, int(trainer.get("validation_seed") or 0)) if val_fraction else None
     train_tf, eval_tf = transforms_from_config(cfg["stream"].get("augment"), device)
     budget = Budget(**(cfg.get("budget") or {}))
     optimizer_cfg = dict(trainer.get("optimizer") or {"name": "sgd", "lr": 0.1})
@@ -359,6 +363,9 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
             violation = budget.check(ledger, f"after task {task.id}")
             progress["R"].append(acc)
             progress["R_til"].append(acc_til)
+            if val_sets is not None:
+                progress.setdefault("R_val", []).append(validation_accuracy(
+                    method, stream, val_sets, task.id, device, trainer.get("eval_batch_size", 1000)))
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
@@ -450,6 +457,9 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         # the view the scenario is judged by: task_il streams by the task-IL matrix, others task-agnostic
         "headline": "task_il" if stream.scenario == "task_il" else "class_il",
     }
+    if progress.get("R_val"):
+        results["val_acc_matrix"] = progress["R_val"]
+        results["metrics"]["final_val_acc"] = final_validation_accuracy(progress["R_val"])
     if results["status"] == "partial":
         # metrics over the trained tasks only (``metrics`` averages over every task of the stream)
         results["metrics_trained_tasks"] = trained_metrics(results)

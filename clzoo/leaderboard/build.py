@@ -587,7 +587,9 @@ def suite_markdown(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
     if s.description:
         lines += [s.description.strip(), ""]
     lines += [f"- Suite: `{_relpath(s.path)}` — stream `{s.stream}`, seeds {', '.join(map(str, s.seeds))}"
-              + (f", common overrides `{' '.join(s.common)}`" if s.common else "") + ".",
+              + (f", common overrides `{' '.join(s.common)}`" if s.common else "")
+              + (", settings of each cell in its preset `conf/experiment/<preset>.yaml` (`+experiment=` in its command)"
+                 if s.preset or any(c.preset for c in s.cells) else "") + ".",
               f"- Configuration hash of this table: `{sr.hash}` (over the cells' hashes in the last column).",
               f"- Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete."]
     cmds = sr.commands()
@@ -664,7 +666,9 @@ def suite_html(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
         parts.append(f"<p>{e(s.description.strip())}</p>")
     meta = [f"Suite: <code>{e(_relpath(s.path))}</code> — stream <code>{e(s.stream)}</code>, seeds "
             f"{e(', '.join(map(str, s.seeds)))}" + (f", common overrides <code>{e(' '.join(s.common))}</code>"
-                                                     if s.common else ""),
+                                                     if s.common else "")
+            + (", settings of each cell in its preset <code>conf/experiment/&lt;preset&gt;.yaml</code>"
+               if s.preset or any(c.preset for c in s.cells) else ""),
             f"Configuration hash of this table: <code>{sr.hash}</code> (over the cells' hashes in the last column)",
             f"Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete"]
     cmds = sr.commands()

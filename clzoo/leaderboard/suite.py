@@ -5,12 +5,15 @@ Schema (every key but ``stream``, ``seeds`` and ``cells`` is optional)::
     title: Seq-MNIST (DER paper protocol)      # heading of the table (default: the file name)
     description: ...                            # text shown above the table
     stream: split_mnist                         # a config of clzoo/conf/stream
+    preset: seq_mnist                           # an experiment preset (conf/experiment/) applied to every cell
     common: [trainer.batch_size=10, ...]        # clzoo-run overrides applied to every cell
     seeds: [0, 1, 2]                            # training seeds; every cell runs once per seed
     settings: [class_il, task_il]               # accuracy columns: class_il, task_il, domain_il
     reference_source: "Buzzega et al. ..."      # where the published numbers come from (cells may override)
     cells:
-      - method: der                             # a config of clzoo/conf/method
+      - method: der                             # a config of clzoo/conf/method (optional with a preset)
+        preset: der_seq_mnist                   # this cell's experiment preset (+experiment=der_seq_mnist):
+                                                #   it holds the protocol and the method's arguments
         name: der                               # optional cell name (default: the method); [A-Za-z0-9_.+]
         overrides: [method.minibatch_size=128]  # clzoo-run overrides of this cell
         buffers: [200, 500, 5120]               # sample budgets: method.buffer.capacity=N -> cells der-b200, ...
@@ -29,7 +32,8 @@ A cell without any budget runs once per seed with the method's defaults (``refer
 ``{class_il: 19.6, task_il: 94.94}``). Cell ids are ``<name>``, ``<name>-b<N>``, ``<name>-bytes<N>`` and
 ``<name>-mb<X>``; a run's folder is ``<runs>/<suite>/<cell-id>/seed<k>/``.
 
-The overrides of one run are, in this order: ``stream=<stream> method=<method>``, ``common``, the cell's
+The overrides of one run are, in this order: ``stream=<stream> method=<method>``, ``+experiment=<preset>`` (the
+cell's preset, else the suite's), ``common``, the cell's
 ``overrides``, the budget (``method.buffer.capacity=N`` or ``budget.mb=X``), ``per_buffer[N]``, ``seed=<k>``.
 Where data live, the device, CPU threads and logging are execution settings (``clzoo-leaderboard run`` options):
 they are not part of a suite and not part of the configuration hash (:func:`config_hash`).
@@ -48,11 +52,11 @@ import yaml
 
 SETTINGS = {"class_il": "", "task_il": "_task_il", "domain_il": ""}  # accuracy column -> results.json suffix
 SETTING_LABELS = {"class_il": "Class-IL", "task_il": "Task-IL", "domain_il": "Domain-IL"}
-TOP_KEYS = ("title", "description", "stream", "common", "seeds", "settings", "reference_source", "memory_axis", "cells")
+TOP_KEYS = ("title", "description", "stream", "preset", "common", "seeds", "settings", "reference_source", "memory_axis", "cells")
 #: the x axis of accuracy versus memory: what a method keeps besides the model (default), or what its budget counts
 #: (``counted``: with budget.convention=memo and count_model=true, model parameters plus exemplars, as MEMO)
 MEMORY_AXES = ("besides_model", "counted")
-CELL_KEYS = ("method", "name", "overrides", "buffers", "equal_bytes", "budgets_mb", "per_buffer", "reference",
+CELL_KEYS = ("method", "preset", "name", "overrides", "buffers", "equal_bytes", "budgets_mb", "per_buffer", "reference",
              "source", "note")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+]+$")
 OVERRIDE_RE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.\-/@]*=")
@@ -127,6 +131,7 @@ class Cell:
     source: str | None = None
     note: str | None = None
     index: int = 0  # position of the cell's entry in the suite (display order)
+    preset: str | None = None  # the experiment preset of the cell (conf/experiment/<preset>.yaml)
 
     @property
     def id(self) -> str:
@@ -146,6 +151,7 @@ class Suite:
     description: str | None = None
     reference_source: str | None = None
     memory_axis: str = "besides_model"
+    preset: str | None = None
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
@@ -178,7 +184,9 @@ class Suite:
 
     def overrides(self, cell: Cell, seed: int | None = None) -> list[str]:
         """The clzoo-run overrides of ``cell`` (with ``seed=<seed>`` when given)."""
-        out = [f"stream={self.stream}", f"method={cell.method}", *self.common, *cell.overrides]
+        preset = cell.preset or self.preset
+        out = [f"stream={self.stream}", f"method={cell.method}", *([f"+experiment={preset}"] if preset else []),
+               *self.common, *cell.overrides]
         if cell.budget.kind == "samples":
             out.append(f"method.buffer.capacity={cell.budget.n}")
         elif cell.budget.kind in ("bytes_of", "mb"):
@@ -198,7 +206,8 @@ class Suite:
             from ..config import compose
 
             try:
-                cfg = compose([f"stream={self.stream}", *[o for o in self.common if o.startswith("stream.")]])
+                cfg = compose([f"stream={self.stream}", *([f"+experiment={self.preset}"] if self.preset else []),
+                               *[o for o in self.common if o.startswith("stream.")]])
             except Exception as err:  # noqa: BLE001 - reported with the suite's name
                 raise SuiteError(f"{self.path}: stream '{self.stream}' does not compose: {err}") from err
             dataset = cfg["stream"]["dataset"]
@@ -264,6 +273,42 @@ def _reference(value, settings: list[str], where: str) -> dict[str, float]:
     return out
 
 
+def _add_suite_conf(path: Path) -> None:
+    """A suite naming presets finds those of its repository (``<repo>/experiments/x.yaml`` -> ``<repo>/conf``)
+    from any working directory: that folder joins ``CLZOO_CONF_PATH`` (inherited by the runs it starts)."""
+    import os
+
+    from ..presets import ENV_VAR, folders
+
+    conf = Path(path).resolve().parent.parent / "conf"
+    if (conf / "experiment").is_dir() and conf not in folders():
+        os.environ[ENV_VAR] = os.pathsep.join(p for p in (os.environ.get(ENV_VAR), str(conf)) if p)
+
+
+def _preset(value, where: str) -> str | None:
+    """A preset name of ``conf/experiment/`` (checked: it exists and its configs are installed)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        _fail(where, f"must be the name of an experiment preset (conf/experiment/NAME.yaml), got {value!r}")
+    from ..presets import PresetError, check
+
+    try:
+        check(value)
+    except PresetError as err:
+        _fail(where, str(err))
+    return value
+
+
+def _preset_method(preset: str | None, where: str, required: bool = True) -> str | None:
+    from ..presets import selections
+
+    method = selections(preset).get("method") if preset else None
+    if method is None and required:
+        _fail(where, f"preset '{preset}' chooses no method (override /method: NAME in its defaults); give 'method'")
+    return method
+
+
 def parse_suite(data: Any, path: str | Path, name: str | None = None) -> Suite:
     """Validate a suite's parsed YAML and expand it into cells (raises :class:`SuiteError`)."""
     path = Path(path)
@@ -296,18 +341,27 @@ def parse_suite(data: Any, path: str | Path, name: str | None = None) -> Suite:
     memory_axis = data.get("memory_axis", "besides_model")
     if memory_axis not in MEMORY_AXES:
         _fail(f"{where}: memory_axis", f"must be one of {', '.join(MEMORY_AXES)}, got {memory_axis!r}")
+    if data.get("preset") or any(isinstance(c, dict) and c.get("preset") for c in data.get("cells") or []):
+        _add_suite_conf(path)
+    suite_preset = _preset(data.get("preset"), f"{where}: preset")
     cells_in = data["cells"]
     if not isinstance(cells_in, list) or not cells_in:
         _fail(f"{where}: cells", "must be a non-empty list of cells (each with at least 'method')")
 
     suite = Suite(name=name or path.stem, path=path, stream=stream, seeds=list(seeds), cells=[], common=common,
                   settings=list(settings), title=data.get("title"), description=data.get("description"),
-                  reference_source=data.get("reference_source"), memory_axis=memory_axis)
+                  reference_source=data.get("reference_source"), memory_axis=memory_axis, preset=suite_preset)
     for i, entry in enumerate(cells_in):
         cw = f"{where}: cells[{i}]"
-        if not isinstance(entry, dict) or "method" not in entry:
-            _fail(cw, f"must be a mapping with at least 'method', got {entry!r}")
-        method = entry["method"]
+        if not isinstance(entry, dict) or ("method" not in entry and "preset" not in entry):
+            _fail(cw, f"must be a mapping with at least 'method' (or a 'preset' choosing one), got {entry!r}")
+        cell_preset = _preset(entry.get("preset"), f"{cw}: preset")
+        method = entry.get("method") or _preset_method(cell_preset, f"{cw}: preset")
+        if cell_preset and entry.get("method"):
+            chosen = _preset_method(cell_preset, f"{cw}: preset", required=False)
+            if chosen and chosen != entry["method"]:
+                _fail(cw, f"method '{entry['method']}' but preset '{cell_preset}' chooses method {chosen}; "
+                          "give one of them")
         if not isinstance(method, str) or not NAME_RE.match(method):
             _fail(cw, f"method must be the name of a method config (e.g. der), got {method!r}")
         cw = f"{cw} (method {method})"
@@ -356,7 +410,7 @@ def parse_suite(data: Any, path: str | Path, name: str | None = None) -> Suite:
             reference = refs.get(budget.n if budget.kind == "samples" else None) if budget.kind in ("samples", "none") \
                 else None
             suite.cells.append(Cell(cname, method, budget, overrides, reference, source if reference else None,
-                                    entry.get("note"), i))
+                                    entry.get("note"), i, cell_preset))
     seen: dict[str, int] = {}
     for c in suite.cells:
         if c.id in seen:

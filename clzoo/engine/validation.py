@@ -1,0 +1,68 @@
+"""A validation split for tuning: ``trainer.validation_fraction=f`` holds out ``f`` of every class of every task's
+*training* data (class-stratified, seeded by ``trainer.validation_seed`` and the task id, so the same images are
+held out whatever the training seed). The method never trains on them; after every task the engine measures
+class-IL accuracy on the validation images of the tasks seen so far, and ``results.json`` reports it as
+``metrics.final_val_acc`` (the average over the trained tasks after the last one) and ``val_acc_matrix``.
+``clzoo-run`` returns ``final_val_acc`` as its objective when the split is on, so a Hydra sweeper (the Optuna
+presets of ``conf/hparams_search/``) tunes on validation data and never sees the test set.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..models import mask_logits
+
+
+def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of ``round(fraction * n_c)`` samples of every class c (at least 1 when the class has two
+    or more samples, never all of them), drawn with a generator seeded by ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = labels.cpu()
+    perm = torch.randperm(len(labels), generator=gen)
+    picked = []
+    for c in labels.unique().tolist():
+        members = perm[labels[perm] == c]
+        n = len(members)
+        k = min(max(int(round(fraction * n)), 1 if n >= 2 else 0), max(n - 1, 0))
+        picked.append(members[:k])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+def hold_out_validation(stream, fraction: float, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    """Move ``fraction`` of every task's training data of ``stream`` into a validation split (in place: the
+    tasks' ``x_train`` / ``y_train`` lose those samples) and return the ``(x_val, y_val)`` of every task."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"trainer.validation_fraction must be in [0, 1) (0: no validation split), got {fraction}")
+    out = []
+    for task in stream.tasks:
+        val = stratified_holdout(task.y_train, fraction, seed * 1_000_003 + task.id)
+        keep = torch.ones(len(task.y_train), dtype=torch.bool)
+        keep[val] = False
+        out.append((task.x_train[val], task.y_train[val]))
+        task.x_train, task.y_train = task.x_train[keep], task.y_train[keep]
+    return out
+
+
+@torch.no_grad()
+def validation_accuracy(method, stream, val_sets, after_task: int, device, batch_size: int = 1000) -> list[float]:
+    """Class-IL accuracy (over the classes seen after ``after_task``) on the validation split of every task."""
+    method.eval()
+    n_seen = stream.classes_seen(after_task)
+    accs = []
+    for x_all, y_all in val_sets:
+        correct = 0
+        for i in range(0, len(y_all), batch_size):
+            x = method.preprocess(x_all[i:i + batch_size].to(device))
+            y = y_all[i:i + batch_size].to(device)
+            correct += (mask_logits(method(x, task_id=None), n_seen).argmax(1) == y).sum().item()
+        accs.append(correct / max(len(y_all), 1))
+    method.train()
+    return accs
+
+
+def final_validation_accuracy(val_matrix: list[list[float]]) -> float:
+    """The average validation accuracy over the trained tasks after the last trained task."""
+    last = val_matrix[-1]
+    n = len(val_matrix)
+    return sum(last[:n]) / n

@@ -1,0 +1,1 @@
+"""Methods that run another library's strategies under clzoo's engine and ledger."""
