@@ -165,7 +165,7 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
             order = torch.randperm(n, device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = method.observe(x_all[idx], y_all[idx], task.id)
+                loss = method.observe(x_all.index_select(0, idx), y_all.index_select(0, idx), task.id)
                 loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
                 recent.append(loss)
