@@ -57,6 +57,9 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("n_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
 
+    #: reservoir decisions on the host (True), on the device (False) or by device (None: host on CPU); same result
+    decide_on_host: bool | None = None
+
     #: bytes a buffer costs whatever its capacity (the two int64 counters)
     FIXED_BYTES = 16
 
@@ -140,9 +143,19 @@ class ReplayBuffer(nn.Module):
         if seen + b <= capacity:  # still filling: sample i goes to slot seen + i
             self._write_range(seen, x, y, task, logits)
             slots = torch.arange(seen, seen + b, device=device)
+        elif self.decide_on_host if self.decide_on_host is not None else device.type == "cpu":
+            # decided on the host (reading the draws costs nothing on a CPU, and for a small batch a short Python
+            # pass is cheaper than the dozen tensor operations below: 16 vs 25 microseconds at batch 10)
+            slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1)
+                         for i, d in enumerate(draws.tolist())]
+            # two samples of one batch taking the same slot: the later one wins, as in sequential insertion
+            winner = {slot: i for i, slot in enumerate(slot_list) if slot >= 0}
+            if winner:
+                self._write(torch.tensor(list(winner)), torch.tensor(list(winner.values())), x, y, task, logits)
+            slots = torch.tensor(slot_list, dtype=torch.long)
         else:
-            # on the device, no Python loop: a drawn slot is kept if it exists; samples still filling the
-            # buffer (seen + i < capacity) take slot seen + i
+            # on an accelerator, no Python loop and no read of the draws: a drawn slot is kept if it exists;
+            # samples still filling the buffer (seen + i < capacity) take slot seen + i
             slots = draws.masked_fill_(draws >= capacity, -1)
             if seen < capacity:
                 slots[: capacity - seen] = torch.arange(seen, capacity, device=device)
