@@ -15,7 +15,8 @@ into network input. ``forward`` receives evaluation input (already normalised). 
 must be in ``state_dict()`` (parameters, buffers, sub-modules): that is what the ledger counts, what the
 budget caps and what a checkpoint restores.
 
-The engine checks every ``observe`` loss for NaN / infinity. A training loop a method runs on its own (a refit on
+The engine checks every ``observe`` loss for NaN / infinity (on the device, read 50 steps at a time, reported with
+the step where it happened). A training loop a method runs on its own (a refit on
 the memory in ``end_task``, a warm-up in ``begin_task``) steps with ``self.fit_step(loss, opt, where=...)`` so it
 gets the same check; the engine also checks the parameters after ``begin_task`` and ``end_task``.
 """
