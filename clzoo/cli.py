@@ -65,7 +65,7 @@ def check_resume(container: dict, run_dir: Path) -> None:
         return
     folder = Path(run_dir)
     what = ("holds no checkpoint (no task of a run there has completed)"
-            if any(p.name != ".hydra" and not p.name.endswith(".log") for p in folder.iterdir())
+            if any(p.name not in (".hydra", ".clzoo.lock") and not p.name.endswith(".log") for p in folder.iterdir())
             else "is a new, empty run folder")
     hint = "" if "hydra.run.dir" in " ".join(sys.argv) else " (to continue a run, give its folder: hydra.run.dir=...)"
     if mode == "must":

@@ -200,8 +200,9 @@ def test_mlp_backbone_is_refused():
 
 def test_conformance_kit():
     report = check_method("clr", model=SMALL_CNN, stream={"train_per_task": 60})
-    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes",
+    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes", "no tensors outside state_dict",
                              "resume gives identical results"]
+    assert report.transient_bytes == {"local_label": 10 * 8}  # the declared label map, verified after resume
     results = report.results
     til = results["acc_matrix_task_il"]
     assert all(til[-1][j] == til[j][j] for j in range(len(til)))  # task-IL: no forgetting at all

@@ -33,7 +33,8 @@ from clzoo.testing import check_method
 ])
 def test_method_keeps_the_contract(name, hparams):
     report = check_method(name, **hparams)
-    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes", "resume gives identical results"]
+    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes", "no tensors outside state_dict",
+                             "resume gives identical results"]
     by_category = report.results["memory"]["by_category"]
     model_bytes = by_category["backbone"] + by_category["heads"]
     n_params = model_bytes // 4

@@ -40,8 +40,8 @@ def test_conformance_kit(name, tmp_path):
     # alone (70 kB) exceeds the kit's 0.05 MB budget, so its auto-buffer check runs on a smaller network
     kwargs = {"model": SMALL_MLP} if name == "icarl" else {}
     report = check_method(name, workdir=tmp_path, buffer={"capacity": 50}, **kwargs)
-    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes", "resume gives identical results",
-                             "auto buffer fills the budget"]
+    assert report.checks == ["trains and evaluates", "ledger equals state_dict bytes", "no tensors outside state_dict",
+                             "resume gives identical results", "auto buffer fills the budget"]
     assert report.auto_capacity > 0
     ledger = report.results["memory"]["by_category"]
     assert ledger["exemplars"] == 50 * 64  # 50 uint8 8x8 images

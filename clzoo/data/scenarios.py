@@ -26,7 +26,11 @@ class StreamError(ValueError):
 
 @dataclass
 class Task:
-    """One step of the stream: its classes (remapped labels) and its train / test data."""
+    """One step of the stream: its classes (remapped labels) and its train / test data.
+
+    This is the engine's object: the test data is for evaluation only. Methods are handed
+    :meth:`training_view` (a :class:`TrainingTask`), which carries no test data.
+    """
 
     id: int
     classes: list[int]
@@ -38,6 +42,70 @@ class Task:
     @property
     def n_train(self) -> int:
         return len(self.y_train)
+
+    def training_view(self, validation_fraction: float = 0.0, seed: int = 0) -> "TrainingTask":
+        """What a method sees of this task: the training data, less a validation split of
+        ``validation_fraction`` of every class (seeded by ``seed`` and the task id), and no test data."""
+        fraction = float(validation_fraction or 0.0)
+        if not 0.0 <= fraction < 1.0:
+            raise StreamError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        empty = torch.zeros(0, dtype=torch.long)
+        if fraction == 0.0:
+            return TrainingTask(self.id, list(self.classes), self.x_train, self.y_train,
+                                self.x_train[empty], self.y_train[empty])
+        val = validation_split(self.y_train, fraction, seed * 1_000_003 + self.id)
+        keep = torch.ones(len(self.y_train), dtype=torch.bool)
+        keep[val] = False
+        train = keep.nonzero().squeeze(1)
+        return TrainingTask(self.id, list(self.classes), self.x_train[train], self.y_train[train],
+                            self.x_train[val], self.y_train[val])
+
+
+def validation_split(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of a seeded, class-stratified ``fraction`` of ``labels``: ``round(fraction * n_c)`` samples
+    of every class c (at least one when the class has two or more samples, never all of them)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(len(labels), generator=gen)
+    labels = labels.cpu()
+    picked = []
+    for c in labels.unique().tolist():
+        members = perm[labels[perm] == c]
+        n = len(members)
+        k = min(max(int(round(fraction * n)), 1 if n >= 2 else 0), n - 1)
+        picked.append(members[:k])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class TrainingTask:
+    """The task as a method sees it while training (``begin_task``, ``training_data``, ``end_task``).
+
+    ``x_train`` / ``y_train``: the data the engine trains on (the task's training data less the validation
+    split); ``x_val`` / ``y_val``: the validation split the method asked for with ``validation_fraction``
+    (empty otherwise), carved from the same training data and never fed to ``observe`` by the engine. There is
+    no test data: it is the engine's, for evaluation only.
+    """
+
+    id: int
+    classes: list[int]
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.y_val)
+
+    def __getattr__(self, name):
+        if name in ("x_test", "y_test"):
+            raise AttributeError(f"task.{name}: methods do not see test data (the engine keeps it for evaluation); "
+                                 f"ask for a validation split with validation_fraction and use task.x_val / task.y_val")
+        raise AttributeError(f"'TrainingTask' object has no attribute '{name}'")
 
 
 @dataclass
@@ -134,6 +202,7 @@ def build_stream(
     domain_transform: str | None = None,
     train_per_task: int | None = None,
     test_per_task: int | None = None,
+    train_per_class: int | None = None,
     online: bool = False,
     name: str | None = None,
     root=None,
@@ -146,7 +215,9 @@ def build_stream(
     """Build a stream. ``source`` may be given directly (tests); otherwise ``dataset`` is loaded from ``root``.
 
     ``class_order`` fixes the order of classes; ``class_order_seed`` shuffles it reproducibly (its own seed,
-    independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task.
+    independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task;
+    ``train_per_class`` a seeded subset of that many training samples of every class (class-IL / task-IL), which
+    keeps classes balanced when tasks differ in size.
     """
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
@@ -198,6 +269,9 @@ def build_stream(
             start += count
             in_tr = ((ytr_all >= cls[0]) & (ytr_all <= cls[-1])).nonzero().squeeze(1)
             in_te = ((yte_all >= cls[0]) & (yte_all <= cls[-1])).nonzero().squeeze(1)
+            if train_per_class is not None:
+                in_tr = torch.cat([in_tr[ytr_all[in_tr] == c][_subsample(in_tr[ytr_all[in_tr] == c], train_per_class, gen)]
+                                   for c in cls]).sort().values
             in_tr = in_tr[_subsample(in_tr, train_per_task, gen)]
             in_te = in_te[_subsample(in_te, test_per_task, gen)]
             tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))

@@ -76,6 +76,13 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("trainer", "optimizer", "gamma"): 0.1,
     ("budget", "convention"): "full",
     ("stream", "class_order_rng"): "torch",
+    # online and task-free runs (clzoo/engine/online.py)
+    ("stream", "task_free"): False,
+    ("trainer", "anytime_every"): None,
+    ("trainer", "anytime_test_per_task"): None,
+    # pretrained backbones (clzoo/models/pretrained.py)
+    ("model", "checkpoint"): None,
+    ("model", "allow_overlap"): False,
 }
 
 

@@ -158,6 +158,9 @@ def summary(results: dict) -> str:
                  + (f"   (over tasks 0..{n_done - 1})" if partial else ""))
     for key, label in METRIC_LABELS:
         lines.append(f"{label:<22}" + "".join(f"{_fmt(m.get(key + suffix)):>10}" for _, _, suffix in shown))
+    sizes = stream.get("test_sizes") or []
+    if m.get("avg_incremental_acc_seen") is not None and len(set(sizes)) > 1:  # tasks of different sizes
+        lines.append(f"{'avg incr. (seen samples)':<22}{_fmt(m['avg_incremental_acc_seen']):>10}")
     mem = results["memory"]
     line = f"memory kept: {mem['total_bytes']:,} bytes ({mem['total_bytes'] / 2**20:.3f} MB)"
     if mem.get("budget_bytes"):

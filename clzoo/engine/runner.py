@@ -19,7 +19,9 @@ from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_losses_finite, check_parameters_finite
 from ..models import ContinualModel, mask_logits
+from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
+from . import online
 from .checkpoint import (atomic_write_text, config_hash, ensure_writable, load_latest_intact,
                          remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
@@ -135,10 +137,12 @@ def _write_losses(writer, pending: list) -> None:
     pending.clear()
 
 
-def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool) -> None:
+def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool,
+               anytime: "online.Anytime | None" = None) -> None:
     trainer = cfg["trainer"]
-    online = bool(cfg["stream"].get("online", False))
-    epochs = 1 if online else int(trainer["epochs"])
+    # task-free: the method is not told which task a batch belongs to (engine/online.py)
+    task_arg = None if online.is_task_free(cfg) else task.id
+    epochs = 1 if cfg["stream"].get("online", False) else int(trainer["epochs"])
     bs = int(trainer["batch_size"])
     log_every = max(int(trainer.get("log_every", 10)), 1)
     x_all, y_all = method.training_data(task)
@@ -165,12 +169,14 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
             order = torch.randperm(n, device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = method.observe(x_all.index_select(0, idx), y_all.index_select(0, idx), task.id)
+                loss = method.observe(x_all.index_select(0, idx), y_all.index_select(0, idx), task_arg)
                 loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
                 recent.append(loss)
                 progress["step"] = step + 1
                 seen += len(idx)
+                if anytime is not None:
+                    anytime.after_batch(method, task.id, progress, len(idx))
                 if writer is not None and step % log_every == 0:
                     pending.append((step, loss, time.time()))
                     if len(pending) >= LOG_BURST:
@@ -255,19 +261,23 @@ def resume_checkpoint(run_dir: Path, chash: str, num_threads: int, cfg: dict | N
     return ckpt
 
 
-def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None) -> dict:
+def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, observer=None) -> dict:
     """Run one configuration into ``run_dir`` and return the results dict (also written as results.json).
-    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`)."""
+    The run holds the folder's lock throughout: a second run there fails at once (:class:`RunDirBusyError`).
+
+    ``observer(method, task_id)``, if given, is called once the method is built (``task_id=None``) and after every
+    task, when its checkpoint is written (the conformance kit inspects the method there).
+    """
     from ..config import validate
 
     validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
         prepare_run_dir(run_dir)
-        return _run(cfg, run_dir, show_progress)
+        return _run(cfg, run_dir, show_progress, observer)
 
 
-def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
+def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) -> dict:
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
@@ -281,27 +291,36 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
     train_tf, eval_tf = transforms_from_config(cfg["stream"].get("augment"), device)
     budget = Budget(**(cfg.get("budget") or {}))
     optimizer_cfg = dict(trainer.get("optimizer") or {"name": "sgd", "lr": 0.1})
-    ctx = RunContext(StreamInfo.from_stream(stream), device, train_tf, eval_tf, budget, optimizer_cfg,
+    ctx = RunContext(StreamInfo.from_stream(stream, online.is_task_free(cfg)), device, train_tf, eval_tf, budget, optimizer_cfg,
                      int(trainer["batch_size"]), int(trainer["epochs"]))
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)
+    # a pretrained backbone whose card says it has seen the stream's classes is refused (model.allow_overlap)
+    provenance = check_source_overlap(model.backbone, stream)
+    check_input_pipeline(model.backbone, train_tf)
     check_model_fits(model, stream, (cfg.get("_choices") or {}).get("model"))
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
+    if observer is not None:
+        observer(method, None)
+    task_free = online.is_task_free(cfg)
+    online.check_task_free(method, cfg)
     ledger0 = budget.measure(method)
     violation0 = budget.check(ledger0, "before training")  # raises when enforced, else is recorded
 
     progress = {"R": [], "R_til": [], "per_task_s": [], "train_s": 0.0, "eval_s": 0.0, "step": 0,
                 "ledgers": [], "violations": [violation0] if violation0 else [], "config_hash": chash,
-                "num_threads": num_threads, "config": cfg}  # the config: a refused resume names the keys that changed
+                "num_threads": num_threads, "config": cfg,  # the config: a refused resume names the keys that changed
+                "backbone": provenance}
     start = 0
     ckpt = resume_checkpoint(run_dir, chash, num_threads, cfg) if cfg.get("resume", False) else None
     if ckpt is not None:
         method.load_state_dict(ckpt["method"])
         method.current_task = ckpt["task_id"]
         progress = ckpt["progress"]
+        online.restore_optimizer(method, progress, task_free)
         set_rng_state(ckpt["rng"])
         start = ckpt["task_id"] + 1
         data_fp = stream.info.get("data_fingerprint")
@@ -325,6 +344,7 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
+    anytime = online.Anytime(stream, trainer, device, writer)
 
     # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -333,11 +353,14 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
             t0 = time.perf_counter()
-            method.start_task(task)
+            # methods see the task without its test data, less the validation split they ask for
+            seen_task = task.training_view(getattr(method, "validation_fraction", 0.0), seed)
+            online.enter_task(method, seen_task, task_free)
             check_parameters_finite(method, task.id, "after begin_task")
-            train_task(method, task, cfg, device, writer, progress, show_progress)
-            method.end_task(task)
+            train_task(method, seen_task, cfg, device, writer, progress, show_progress, anytime)
+            online.leave_task(method, seen_task, task_free)
             check_parameters_finite(method, task.id, "after end_task")
+            progress.setdefault("task_end_samples", []).append(progress.get("samples", 0))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_time = time.perf_counter() - t0
@@ -351,7 +374,11 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
-            progress["ledgers"].append(ledger.to_dict())
+            ledger_entry = ledger.to_dict()
+            report = getattr(method, "memory_report", None)
+            if callable(report):  # method-specific memory figures (e.g. totals without a weight generator)
+                ledger_entry["method_report"] = report(ledger)
+            progress["ledgers"].append(ledger_entry)
             if violation:
                 progress["violations"].append(violation)
             if writer is not None:
@@ -365,8 +392,11 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
             print(f"task {task.id}: avg acc {100 * sum(acc[:task.id + 1]) / (task.id + 1):.2f}% class-IL, "
                   f"{100 * sum(acc_til[:task.id + 1]) / (task.id + 1):.2f}% task-IL, "
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
+            online.save_optimizer(method, progress, task_free)
             save_checkpoint(run_dir, task.id, method.state_dict(), progress,
                             keep_last=int(log_cfg.get("keep_checkpoints") or 0))
+            if observer is not None:
+                observer(method, task.id)
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
                               [lg["total_bytes"] for lg in progress["ledgers"]])
     finally:
@@ -378,8 +408,13 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None) -> dict:
     results = assemble_results(cfg, stream, method_name, seed, progress, budget)
     results["memory"]["buffers"] = buffer_fill(method)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    if results.get("anytime") is not None:
+        online.write_anytime_csv(run_dir / "anytime.csv", results["anytime"])
     if log_cfg.get("plots", True):
         write_plots(run_dir, progress["R"], progress["R_til"], f"{method_name} on {stream.name}", stream.scenario)
+        if results.get("anytime"):
+            online.plot_anytime(run_dir / "anytime.png", results["anytime"], progress["task_end_samples"],
+                                f"{method_name} on {stream.name}")
     print(summary(results), flush=True)
     return results
 
@@ -394,7 +429,8 @@ def buffer_fill(method) -> list[dict]:
 
 def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
     R, R_til = progress["R"], progress["R_til"]
-    metrics = {**M.all_metrics(R, progress["R0"]), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
+    sizes = [len(t.y_test) for t in stream.tasks][: len(R)]
+    metrics = {**M.all_metrics(R, progress["R0"], sizes=sizes), **M.all_metrics(R_til, progress["R0_til"], "_task_il")}
     last = progress["ledgers"][-1]
     memory = {**last, "per_task": progress["ledgers"], "violations": progress["violations"],
               "budget_mb": budget.mb, "enforce": budget.enforce}
@@ -407,7 +443,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
                    "dataset": stream.info.get("dataset"), "data_fingerprint": stream.info.get("data_fingerprint"),
                    "n_classes": stream.n_classes,
                    "class_order": stream.class_order, "class_order_seed": stream.info.get("class_order_seed"),
-                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks]},
+                   "online": stream.online, "train_sizes": [t.n_train for t in stream.tasks],
+                   "test_sizes": [len(t.y_test) for t in stream.tasks]},
         "method": method_name,
         "acc_matrix": R,
         "acc_matrix_task_il": R_til,
@@ -416,6 +453,9 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         "metrics": metrics,
         "time": {"train_s": progress["train_s"], "eval_s": progress["eval_s"], "per_task_s": progress["per_task_s"]},
         "memory": memory,
+        **({"anytime": anytime} if (anytime := online.anytime_results(progress, cfg["trainer"])) is not None else {}),
+        **({"task_free": True} if online.is_task_free(cfg) else {}),
+        "backbone": progress.get("backbone"),
         "num_threads": progress.get("num_threads"),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),

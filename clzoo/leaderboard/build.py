@@ -6,7 +6,7 @@ configuration hash equals the one the suite gives now (other runs are *stale* an
 whose numbers match the digest stored with them (a results.json that cannot be read, or whose numbers were edited,
 is left out and listed under "Runs left out" with the reason; ``build --strict`` fails on any run left out).
 Memory is what a method keeps between tasks besides the model itself (total ledger bytes minus the backbone and
-heads categories), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
+heads categories, and a hypernetwork's generator), in MB = 2^20 bytes. The area under the accuracy-versus-memory curve uses the trapezoid rule
 over MB (:func:`auc_trapezoid`).
 """
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 
 from ..engine.checkpoint import atomic_write_text
 from .runs import DEFAULT_RUNS, cell_command, digest_problem, load_results, run_dir_of
+from ..memory.ledger import MB, MODEL_CATEGORIES
 from .suite import (SETTING_LABELS, SETTINGS, Cell, Suite, SuiteError, compose_cell, config_hash, suite_hash,
                     with_seed)
 
-MB = 2**20
-MODEL_CATEGORIES = ("backbone", "heads")
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -46,7 +45,7 @@ def auc_trapezoid(xs: list[float], ys: list[float]) -> float | None:
 
 
 def extra_bytes(results: dict) -> int:
-    """Bytes kept between tasks besides the model: the ledger total minus its backbone and heads."""
+    """Bytes kept between tasks besides the model: the ledger total minus its backbone, heads and generator."""
     cats = results["memory"]["by_category"]
     return sum(v for k, v in cats.items() if k not in MODEL_CATEGORIES)
 
@@ -62,6 +61,8 @@ def run_values(results: dict, settings: list[str], input_bytes: int | None,
         for key in ("final_acc", "avg_incremental_acc", "forgetting", "bwt", "fwt"):
             v = m.get(key + sfx)
             out[f"{s}:{key}"] = math.nan if v is None else 100.0 * v
+    seen = m.get("avg_incremental_acc_seen")  # over every test sample seen (the NECIL papers' average)
+    out["class_il:avg_incremental_acc_seen"] = math.nan if seen is None else 100.0 * seen
     out["memory_mb"] = extra_bytes(results) / MB
     if memory_axis == "counted":
         mem = results["memory"]
@@ -212,8 +213,12 @@ def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
     headers = ["Cell", "Budget", "Seeds"]
     for s in settings:
         headers += [f"{SETTING_LABELS[s]} final"] + (["ref", "Δ"] if refs else [])
-    headers += [f"Avg. incr. ({SETTING_LABELS[first]})", f"Forgetting ({SETTING_LABELS[first]})", "Memory (MB)",
-                "Exemplars", "Train (s)", "Hash"]
+    # a stream with a larger first task (non-exemplar class-IL protocols): also the papers' average incremental
+    # accuracy, over every test sample of the classes seen, beside the mean over tasks
+    necil = first == "class_il" and any((r.get("config", {}).get("stream") or {}).get("first_task_classes")
+                                        for c in sr.cells for r in c.runs.values())
+    headers += [f"Avg. incr. ({SETTING_LABELS[first]})"] + (["Avg. incr. (seen samples)"] if necil else [])
+    headers += [f"Forgetting ({SETTING_LABELS[first]})", "Memory (MB)", "Exemplars", "Train (s)", "Hash"]
     rows = []
     order = sorted(sr.cells, key=lambda c: (c.cell.budget.sort_key(), c.cell.index))
     for c in order:
@@ -224,11 +229,13 @@ def table_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
             ref = (c.cell.reference or {}).get(s)
             row += [fmt(m, sd, c.n)] + (["" if ref is None else f"{ref:.2f}", fmt_delta(m, ref)] if refs else [])
         if c.n:
-            row += [fmt(*c.stat(f"{first}:avg_incremental_acc"), c.n), fmt(*c.stat(f"{first}:forgetting"), c.n),
+            row += [fmt(*c.stat(f"{first}:avg_incremental_acc"), c.n)]
+            row += [fmt(*c.stat("class_il:avg_incremental_acc_seen"), c.n)] if necil else []
+            row += [fmt(*c.stat(f"{first}:forgetting"), c.n),
                     f"{c.stat('memory_mb')[0]:.4g}", fmt(c.stat("exemplars")[0], digits=0),
                     fmt(*c.stat("train_s"), c.n, digits=1)]
         else:
-            row += ["–"] * 5
+            row += ["–"] * (6 if necil else 5)
         row.append(c.hash or "?")
         rows.append(row)
     return headers, rows

@@ -102,8 +102,11 @@ class ReplayBuffer(nn.Module):
         return torch.bincount(self.y[: int(self.n_filled)].long(), minlength=self.n_classes)
 
     # ------------------------------------------------------------------ writing
-    def add(self, x: Tensor, y: Tensor, task: int | Tensor = 0, logits: Tensor | None = None) -> Tensor:
-        """Offer a batch to the buffer; returns the slot of each sample (-1 when not stored)."""
+    def add(self, x: Tensor, y: Tensor, task: int | Tensor | None = 0, logits: Tensor | None = None) -> Tensor:
+        """Offer a batch to the buffer; returns the slot of each sample (-1 when not stored). ``task=None`` (a
+        task-free run, where the task is unknown) stores task id -1."""
+        if task is None:
+            task = -1
         if self.selection == "class_balanced":
             return self._add_class_balanced(x, y, task, logits)
         if self.selection == "herding":
@@ -211,6 +214,16 @@ class ReplayBuffer(nn.Module):
         self.n_seen += b
         self.n_filled.fill_(filled)
         return slots_t
+
+    def put(self, slots: Tensor, x: Tensor, y: Tensor, task: int | Tensor | None = 0,
+            logits: Tensor | None = None) -> None:
+        """Write sample ``i`` of the batch to slot ``slots[i]`` (for selections the owner computes, e.g. GSS);
+        the filled count grows to cover the highest slot written."""
+        if len(slots) == 0:
+            return
+        rows = torch.arange(len(slots), device=self.x.device)
+        self._write(slots.to(self.x.device), rows, x, y, -1 if task is None else task, logits)
+        self.n_filled.fill_(max(int(self.n_filled), int(slots.max()) + 1))
 
     def set_contents(self, x: Tensor, y: Tensor, task: Tensor, logits: Tensor | None = None) -> None:
         """Replace the whole content (herding and other selections computed by the owner)."""

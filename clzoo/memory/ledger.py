@@ -5,6 +5,11 @@ Rule: *what you keep is what you pay for*. Everything a method carries from one 
 category. A module declares its category with :func:`tag_memory`; a module holding several kinds of tensors
 declares them per tensor with a ``memory_categories`` dict (``{"x": "exemplars", ...}``). Untagged state is
 ``other``.
+
+The model categories (``backbone``, ``heads``) are what the model holds: when the measured module is a method
+(it has a ``model`` sub-module), only tensors under ``model.`` are filed there. State elsewhere that claims a
+model category is filed under ``other``, so it counts against ``budget.mb`` whatever ``budget.count_model``
+says; :func:`misfiled` lists it (the conformance kit fails on it).
 """
 from __future__ import annotations
 
@@ -23,10 +28,12 @@ CATEGORIES = (
     "importance",       # parameter importance and anchor parameters (EWC, SI, MAS)
     "prompts",          # prompt pools and keys
     "prototypes",       # class means / prototypes
-    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads)
+    "per_task",         # per-task parameters (reprogramming layers, task BatchNorm, task heads, task embeddings)
+    "generator",        # a network that generates the model's weights (a hypernetwork): the model itself for
+                        #   budget purposes (counted only with count_model=true, like backbone and heads)
     "other",
 )
-MODEL_CATEGORIES = ("backbone", "heads")
+MODEL_CATEGORIES = ("backbone", "heads", "generator")
 
 #: how the budget counts. ``full``: every category (the model's only with count_model). ``memo``: the accounting of
 #: MEMO (Zhou et al., ICLR 2023; see clzoo.memory.aligned): exemplar pixels, plus, with count_model, the float32
@@ -44,8 +51,27 @@ def tag_memory(module: nn.Module, category: str) -> nn.Module:
     return module
 
 
+def _model_prefix(module: nn.Module) -> str:
+    """Where the model lives in ``module``'s state_dict: ``model.`` for a method, everything otherwise."""
+    return "model." if isinstance(module._modules.get("model"), nn.Module) else ""
+
+
+def misfiled(module: nn.Module) -> list[str]:
+    """state_dict keys of ``module`` tagged a model category (backbone / heads) that are not part of its model."""
+    prefix = _model_prefix(module)
+    return [key for key, cat in _declared_categories(module).items()
+            if cat in MODEL_CATEGORIES and not key.startswith(prefix)]
+
+
 def categorize(module: nn.Module) -> dict[str, str]:
-    """Map every state_dict key of ``module`` to its ledger category."""
+    """Map every state_dict key of ``module`` to its ledger category (model categories only inside the model)."""
+    prefix = _model_prefix(module)
+    return {key: ("other" if cat in MODEL_CATEGORIES and not key.startswith(prefix) else cat)
+            for key, cat in _declared_categories(module).items()}
+
+
+def _declared_categories(module: nn.Module) -> dict[str, str]:
+    """Map every state_dict key of ``module`` to the category its tags declare."""
     result: dict[str, str] = {}
 
     def walk(mod: nn.Module, prefix: str, inherited: str) -> None:
@@ -53,6 +79,9 @@ def categorize(module: nn.Module) -> dict[str, str]:
         per_tensor = getattr(mod, "memory_categories", {})
         for name, _ in list(mod._parameters.items()) + list(mod._buffers.items()):
             result[prefix + name] = per_tensor.get(name, category)
+            if result[prefix + name] not in CATEGORIES:
+                raise ValueError(f"'{prefix + name}' is filed under unknown memory category '{result[prefix + name]}'; "
+                                 f"choose one of {', '.join(CATEGORIES)}")
         for name, child in mod._modules.items():
             if child is not None:
                 walk(child, f"{prefix}{name}.", category)

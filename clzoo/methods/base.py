@@ -11,9 +11,14 @@ A method is an ``nn.Module`` that owns the model and every piece of state it kee
         def forward(self, x, task_id=None): ...         # logits for evaluation
 
 ``observe`` receives the batch *as stored* (uint8 images on the run's device); ``self.augment(x)`` turns it
-into network input. ``forward`` receives evaluation input (already normalised). Everything kept between tasks
-must be in ``state_dict()`` (parameters, buffers, sub-modules): that is what the ledger counts, what the
-budget caps and what a checkpoint restores.
+into network input. ``forward`` receives evaluation input (already normalised: ``self.preprocess(x)`` makes it
+from stored inputs). Everything kept between tasks must be in ``state_dict()`` (parameters, buffers,
+sub-modules): that is what the ledger counts, what the budget caps and what a checkpoint restores.
+
+The ``task`` handed to ``begin_task`` / ``training_data`` / ``end_task`` is a
+:class:`~clzoo.data.scenarios.TrainingTask`: the task's training data and, when the method sets
+``validation_fraction``, a validation split carved from it (``task.x_val``, ``task.y_val``) that the engine does
+not train on. Test data is never handed to a method. The full author-facing reference is ``docs/api.md``.
 
 The engine checks every ``observe`` loss for NaN / infinity (on the device, read 50 steps at a time, reported with
 the step where it happened). A training loop a method runs on its own (a refit on
@@ -44,14 +49,16 @@ class StreamInfo:
     task_classes: list[list[int]]
     scenario: str = "class_il"
     online: bool = False
+    #: task-free run: no begin_task / end_task, observe gets task_id=None (clzoo/engine/online.py)
+    task_free: bool = False
 
     def classes_seen(self, task_id: int) -> int:
         return max(c for cls in self.task_classes[: task_id + 1] for c in cls) + 1
 
     @classmethod
-    def from_stream(cls, stream) -> "StreamInfo":
+    def from_stream(cls, stream, task_free: bool = False) -> "StreamInfo":
         return cls(stream.n_tasks, stream.n_classes, tuple(stream.input_shape), [t.classes for t in stream.tasks],
-                   stream.scenario, stream.online)
+                   stream.scenario, stream.online, task_free)
 
 
 @dataclass
@@ -69,14 +76,15 @@ class RunContext:
 
 
 def build_optimizer(params, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
-                    weight_decay: float = 0.0, nesterov: bool = False, **_ignored) -> torch.optim.Optimizer:
+                    weight_decay: float = 0.0, nesterov: bool = False, betas=None, **_ignored) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    betas = tuple(betas) if betas is not None else (0.9, 0.999)  # trainer.optimizer.betas (adam, adamw)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer '{name}'; choose sgd, adam or adamw (trainer.optimizer.name)")
 
 
@@ -91,6 +99,16 @@ class Method(nn.Module):
     method_name: str = ""
     #: True when ``forward`` needs the task id at test time (a task oracle, e.g. per-task parameters)
     needs_task_id: bool = False
+    #: fraction of every class of a task's training data the engine holds out as ``task.x_val`` / ``task.y_val``
+    #: (seeded, stratified) and does not train on; a class attribute or an instance value set in ``__init__``
+    validation_fraction: float = 0.0
+    #: names (attribute paths from the method, e.g. ``"scratch"``) of tensors deliberately kept outside
+    #: ``state_dict``: scratch rebuilt at every task start, or constants derived from ``ctx``. Nothing else may live
+    #: outside it; the conformance kit checks that these are equal after a resume (so they carry nothing across tasks)
+    transient_state: tuple[str, ...] = ()
+    #: True when the method trains without being told task boundaries (``stream.task_free=true``): it then gets
+    #: no begin_task / end_task calls and ``observe(x, y, task_id=None)``
+    supports_task_free: bool = False
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
@@ -120,6 +138,8 @@ class Method(nn.Module):
         return task.x_train, task.y_train
 
     def trainable_parameters(self):
+        """The parameters ``self.opt`` steps (rebuilt at every task start): the model's. Override it to train a
+        parameter held on the method itself (e.g. ``[*self.model.parameters(), self.scale]``)."""
         return self.model.parameters()
 
     def reset_optimizer(self) -> None:
@@ -191,12 +211,13 @@ class Method(nn.Module):
         return tag_memory(teacher.eval(), category)
 
     def make_buffer(self, buffer: dict | int | str | None, store_logits: bool = False,
-                    selection: str | None = None, reserved_bytes: int = 0) -> ReplayBuffer:
+                    selection: str | None = None, reserved_bytes: int = 0,
+                    extra_bytes_per_sample: int = 0) -> ReplayBuffer:
         """Build the method's :class:`ReplayBuffer` from ``buffer`` = {capacity, selection} or a capacity.
 
         ``capacity: auto`` takes what the budget leaves after everything the method already holds (and
-        ``reserved_bytes`` it will add later), so methods are compared at equal memory. Call it last in
-        ``__init__``.
+        ``reserved_bytes`` it will add later, and ``extra_bytes_per_sample`` it keeps beside each stored sample,
+        e.g. GSS's score), so methods are compared at equal memory. Call it last in ``__init__``.
         """
         cfg = dict(buffer) if isinstance(buffer, dict) else {"capacity": buffer}
         capacity = cfg.get("capacity", "auto")
@@ -207,8 +228,8 @@ class Method(nn.Module):
             if budget.bytes is None:
                 raise BudgetError(f"{type(self).__name__}: buffer capacity 'auto' needs a budget; set budget.mb=... "
                                   f"or a fixed method.buffer.capacity=N")
-            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits),
-                                            math.prod(info.input_shape))  # uint8 pixels
+            per_sample = budget.sample_cost(ReplayBuffer.bytes_per_sample(info.input_shape, info.n_classes, store_logits)
+                                            + int(extra_bytes_per_sample), math.prod(info.input_shape))  # uint8 pixels
             held = (budget.measure(self).budgeted_bytes + int(reserved_bytes)
                     + (ReplayBuffer.FIXED_BYTES if budget.convention == "full" else 0))
             capacity = (budget.bytes - held) // per_sample

@@ -5,8 +5,10 @@ import torch
 from torch import Tensor, nn
 
 from ..memory.ledger import tag_memory
-from .backbones import (MLP, ConvNet2, PretrainedWeightsError, ResNet, TimmBackbone, cifar_resnet, reduced_resnet18,
+from .backbones import (MLP, ConvNet2, LeNet, PretrainedWeightsError, ResNet, TimmBackbone, cifar_resnet, reduced_resnet18,
                         resnet32)
+from .pretrained import CheckpointError, SourceOverlapError
+from .prompted_vit import PromptedViT
 
 
 class ContinualModel(nn.Module):
@@ -46,4 +48,5 @@ def mask_logits(logits: Tensor, classes) -> Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
-__all__ = ["ContinualModel", "ConvNet2", "cifar_resnet", "MLP", "PretrainedWeightsError", "ResNet", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]
+__all__ = ["ContinualModel", "CheckpointError", "ConvNet2", "cifar_resnet", "LeNet", "MLP", "PretrainedWeightsError",
+           "PromptedViT", "ResNet", "SourceOverlapError", "TimmBackbone", "reduced_resnet18", "resnet32", "mask_logits"]

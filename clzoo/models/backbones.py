@@ -46,6 +46,24 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class LeNet(nn.Module):
+    """A small conv net (LeNet-5 style, as the hypernetwork papers' conv target networks): two 5x5 convolutions
+    (``channels``, zero padding 2) each followed by ReLU and 2x2 max-pooling, then a ReLU layer of ``hidden`` units."""
+
+    def __init__(self, input_shape: Sequence[int], channels: Sequence[int] = (20, 50), hidden: int = 500):
+        super().__init__()
+        c, h, w = input_shape
+        c1, c2 = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden), nn.ReLU())
+        self.out_features = hidden
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -111,25 +129,38 @@ class ResNet(nn.Module):
         return generalized, specialized
 
 
-def reduced_resnet18(input_shape: Sequence[int], nf: int = 20) -> ResNet:
-    """Reduced ResNet-18 of GEM (Lopez-Paz & Ranzato, 2017) with ``nf`` base filters (GEM: 20; DER's CIFAR: 64)."""
-    return ResNet(input_shape, [nf, 2 * nf, 4 * nf, 8 * nf], [2, 2, 2, 2], shortcut="conv")
+def _with_checkpoint(net: nn.Module, checkpoint, allow_overlap: bool, what: str) -> nn.Module:
+    from .pretrained import attach_card, load_plain_checkpoint
+
+    card = load_plain_checkpoint(net, checkpoint, what) if checkpoint not in (None, "") else None
+    attach_card(net, card, checkpoint, allow_overlap)
+    return net
 
 
-def cifar_resnet(input_shape: Sequence[int], depth: int = 32) -> ResNet:
+def reduced_resnet18(input_shape: Sequence[int], nf: int = 20, checkpoint: str | None = None,
+                     allow_overlap: bool = False) -> ResNet:
+    """Reduced ResNet-18 of GEM (Lopez-Paz & Ranzato, 2017) with ``nf`` base filters (GEM: 20; DER's CIFAR: 64).
+    ``checkpoint``: a state dict of this network (e.g. ``backbone.pt`` from ``clzoo-pretrain model=resnet18``)."""
+    net = ResNet(input_shape, [nf, 2 * nf, 4 * nf, 8 * nf], [2, 2, 2, 2], shortcut="conv")
+    return _with_checkpoint(net, checkpoint, allow_overlap, f"reduced_resnet18 (nf={nf}, input {tuple(input_shape)})")
+
+
+def cifar_resnet(input_shape: Sequence[int], depth: int = 32, checkpoint: str | None = None,
+                 allow_overlap: bool = False) -> ResNet:
     """CIFAR ResNet of ``depth`` = 6n + 2 layers (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, n blocks
     per stage, option-A shortcuts. Without the classifier: ResNet-8 74,640, -14 171,856, -20 269,072,
     -26 366,288, -32 463,504 parameters (the backbones of MEMO's memory-AUC protocol)."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"a CIFAR ResNet has depth 6n+2 (8, 14, 20, 26, 32, 44, 56, ...); got model.depth={depth}")
     n = (depth - 2) // 6
-    return ResNet(input_shape, [16, 32, 64], [n, n, n], shortcut="pad")
+    net = ResNet(input_shape, [16, 32, 64], [n, n, n], shortcut="pad")
+    return _with_checkpoint(net, checkpoint, allow_overlap, f"CIFAR ResNet-{depth} (input {tuple(input_shape)})")
 
 
-def resnet32(input_shape: Sequence[int]) -> ResNet:
+def resnet32(input_shape: Sequence[int], checkpoint: str | None = None, allow_overlap: bool = False) -> ResNet:
     """CIFAR ResNet-32 (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, 5 blocks per stage, option-A
-    shortcuts; 463,504 parameters without the classifier."""
-    return cifar_resnet(input_shape, 32)
+    shortcuts; 463,504 parameters without the classifier. ``checkpoint``: a state dict of this network."""
+    return cifar_resnet(input_shape, 32, checkpoint, allow_overlap)
 
 
 class ConvNet2(nn.Module):
@@ -163,13 +194,26 @@ class TimmBackbone(nn.Module):
     ``img_size``: ``None`` passes nothing (CNNs); ``"auto"`` builds the model for the stream's image size
     (``input_shape[1:]``, e.g. 32x32 for CIFAR: ViTs fix their input size at construction); an int or pair is
     passed as is. Other keyword arguments go to ``timm.create_model`` (``patch_size``, ``depth``, ...).
+
+    Weights, three ways, all through timm: ``pretrained=True`` (timm's hub or the Hugging Face cache),
+    ``checkpoint=PATH`` (a local file, loaded by timm's ``load_pretrained`` as a ``pretrained_cfg`` ``file``
+    overlay, after a key and shape check; position embeddings are resampled by timm when the image or patch grid
+    differs), or neither (random init). ``allow_overlap``: run on a stream that shares classes with the
+    checkpoint card's source (see :func:`clzoo.models.pretrained.check_source_overlap`). ``resize``: upsample
+    every batch (bilinear) to this size before the network, e.g. 32x32 CIFAR to a ViT-B/16's 224x224.
     """
 
     def __init__(self, input_shape: Sequence[int], name: str, pretrained: bool = False,
-                 img_size: int | Sequence[int] | str | None = None, **kwargs):
+                 img_size: int | Sequence[int] | str | None = None, checkpoint: str | None = None,
+                 allow_overlap: bool = False, resize: int | None = None, **kwargs):
         super().__init__()
         import timm
 
+        from .pretrained import attach_card, load_timm_checkpoint
+
+        if pretrained and checkpoint not in (None, ""):
+            raise ValueError("model.pretrained=true and model.checkpoint=PATH both ask for weights; choose one "
+                             "(the hub's weights, or the local file)")
         if img_size == "auto":
             img_size = tuple(int(s) for s in input_shape[1:])
         if img_size is not None:
@@ -187,7 +231,16 @@ class TimmBackbone(nn.Module):
                 f"from scratch, or put the weights in the cache (HF_HOME, e.g. by running once with network access: "
                 f"timm.create_model('{name}', pretrained=True)); set HF_HUB_OFFLINE=1 to fail fast without network"
             ) from err
+        card = load_timm_checkpoint(self.net, checkpoint, name) if checkpoint not in (None, "") else None
+        attach_card(self, card, checkpoint, allow_overlap)
+        self.resize = None if resize in (None, "") else int(resize)
         self.out_features = self.net.num_features
 
+    def prepare(self, x):
+        """The network's input: ``x`` upsampled to ``resize`` when set."""
+        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        return x
+
     def forward(self, x):
-        return self.net(x)
+        return self.net(self.prepare(x))

@@ -62,28 +62,33 @@ class TaskModule(nn.Module):
 
 
 class ReprogrammedConv(TaskModule):
-    """A shared convolution followed by the active task's :class:`ChannelReprogram` (none for the anchor)."""
+    """A shared convolution followed by the active task's :class:`ChannelReprogram` (none for the anchor, unless
+    ``anchor_layer``: a pretrained, frozen network reprograms task 0 too)."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, anchor_layer: bool = False):
         super().__init__()
         self.conv = conv
+        self.anchor_layer = anchor_layer
         self.reprogram = tag_memory(nn.ModuleDict(), "per_task")
 
+    def _layered(self, t: int) -> bool:
+        return t != ANCHOR or self.anchor_layer
+
     def add_task(self, t: int) -> None:
-        if t != ANCHOR and str(t) not in self.reprogram:
+        if self._layered(t) and str(t) not in self.reprogram:
             w = self.conv.weight
             self.reprogram[str(t)] = ChannelReprogram(self.conv.out_channels).to(w.device, w.dtype)
 
     def has_task(self, t: int) -> bool:
-        return t == ANCHOR or str(t) in self.reprogram
+        return not self._layered(t) or str(t) in self.reprogram
 
     def task_parameters(self, t: int):
-        if t != ANCHOR:
+        if self._layered(t):
             yield from self.reprogram[str(t)].parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv(x)
-        return out if self.task == ANCHOR else self.reprogram[str(self.task)](out)
+        return self.reprogram[str(self.task)](out) if self._layered(self.task) else out
 
 
 class TaskBatchNorm(TaskModule):
@@ -146,9 +151,10 @@ def _eligible_conv(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
 
 
-def reprogram_(module: nn.Module) -> nn.Module:
+def reprogram_(module: nn.Module, anchor_layers: bool = False) -> nn.Module:
     """Rewrite ``module`` in place: every non-1x1 ``Conv2d`` -> :class:`ReprogrammedConv`, every BatchNorm ->
-    :class:`TaskBatchNorm` (the existing BatchNorm becomes task 0's). Returns ``module``.
+    :class:`TaskBatchNorm` (the existing BatchNorm becomes task 0's). Returns ``module``. ``anchor_layers``:
+    task 0 gets reprogramming layers too (a pretrained network that stays frozen from the first task on).
 
     Raises ``ValueError`` when there is no convolution to reprogram (e.g. an MLP).
     """
@@ -160,7 +166,7 @@ def reprogram_(module: nn.Module) -> nn.Module:
             if isinstance(child, TaskModule):
                 continue
             if _eligible_conv(child):
-                setattr(parent, name, ReprogrammedConv(child))
+                setattr(parent, name, ReprogrammedConv(child, anchor_layers))
             elif isinstance(child, nn.modules.batchnorm._BatchNorm):
                 setattr(parent, name, TaskBatchNorm(child))
             else:

@@ -1,1 +1,2 @@
-"""Parts shared by several methods: distillation losses, parameter-importance estimators, ..."""
+"""Parts shared by several methods: distillation losses, parameter-importance estimators, a prototype store and
+the nearest-class-mean classifier, rotation label augmentation, a supervised contrastive loss."""

@@ -27,6 +27,8 @@ from ..registry import register_method
 
 @register_method("si")
 class SI(Method):
+    transient_state = ("path_integral",)  # omega: zeroed at every task start and end, so never carried over
+
     def __init__(self, model, ctx, c: float = 1.0, xi: float = 0.9):
         super().__init__(model, ctx)
         self.c, self.xi = c, xi

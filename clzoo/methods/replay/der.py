@@ -23,6 +23,8 @@ from ..registry import register_method
 
 @register_method("der")
 class DER(Method):
+    supports_task_free = True  # nothing depends on the task id (task-free: stored with task id -1)
+
     def __init__(self, model, ctx, buffer: dict | int | str = 500, alpha: float = 1.0, minibatch_size: int = 128):
         super().__init__(model, ctx)
         self.alpha = alpha

@@ -15,6 +15,8 @@ from ..registry import register_method
 
 @register_method("er")
 class ER(Method):
+    supports_task_free = True  # nothing depends on the task id (task-free: stored with task id -1)
+
     def __init__(self, model, ctx, buffer: dict | int | str = 500, minibatch_size: int = 10):
         super().__init__(model, ctx)
         self.minibatch_size = minibatch_size

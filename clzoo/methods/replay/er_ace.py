@@ -11,6 +11,10 @@ all classes:
 Masking rule (as in mammoth's ``er_ace``): the logits kept for the incoming batch are those of the classes
 present in it plus every class not seen yet (later tasks' classes); the other seen classes are masked out. As
 there, masking and replay start at the second task (during the first there is nothing old to protect).
+
+Task-free (``stream.task_free=true``, as mammoth's ``task_free`` option): masking and replay are on from the first
+batch, and the classes seen so far are those up to the largest label observed (``max_label``, 8 bytes, kept only
+in task-free runs; classes arrive in class order).
 """
 from __future__ import annotations
 
@@ -33,18 +37,28 @@ def ace_mask(labels: Tensor, n_classes: int, n_seen: int) -> Tensor:
 
 @register_method("er_ace")
 class ERACE(Method):
+    supports_task_free = True
+
     def __init__(self, model, ctx, buffer: dict | int | str = 500, minibatch_size: int = 10):
         super().__init__(model, ctx)
         self.minibatch_size = minibatch_size
+        if ctx.stream.task_free:
+            self.register_buffer("max_label", torch.full((), -1, dtype=torch.int64))
+            self.memory_categories = {"max_label": "other"}
         self.buffer = self.make_buffer(buffer)
 
     def observe(self, x, y, task_id):
         logits = self.model(self.augment(x))
-        if task_id > 0:
-            keep = ace_mask(y, logits.shape[1], self.seen_classes(task_id))
+        if task_id is None:  # task-free: mask and replay from the start
+            self.max_label.fill_(max(int(self.max_label), int(y.max())))
+            active, n_seen = True, int(self.max_label) + 1
+        else:
+            active, n_seen = task_id > 0, self.seen_classes(task_id)
+        if active:
+            keep = ace_mask(y, logits.shape[1], n_seen)
             logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
         loss = F.cross_entropy(logits, y)
-        if task_id > 0 and not self.buffer.is_empty:
+        if active and not self.buffer.is_empty:
             replay = self.buffer.sample(self.minibatch_size)
             loss = loss + F.cross_entropy(self.model(self.augment(replay.x)), replay.y)
         loss = self.step(loss)

@@ -17,8 +17,10 @@ never in the optimizer, so there is no forgetting by construction. Called withou
 trained task's branch runs and each puts its logits on its own classes, so class-IL accuracy is still defined
 (the paper does not use it).
 
-**The anchor backbone.** The paper reprograms an ImageNet-pretrained ResNet-18; no pretrained weights are
-available offline here, so the anchor is trained on the *first task* as an ordinary network (all convs, task 0's
+**The anchor backbone.** The paper reprograms an ImageNet-pretrained ResNet-18. With ``model.checkpoint=FILE``
+(e.g. a ``backbone.pt`` from ``clzoo-pretrain model=resnet18``) CLR does the same: the loaded network is frozen
+from task 0 on and every task, task 0 included, gets its CLR layers, BatchNorm and head. Without a checkpoint
+(no pretrained weights offline) the anchor is trained on the *first task* as an ordinary network (all convs, task 0's
 BatchNorm and head, plain cross-entropy plus the same penalty on task 0's BatchNorm and head) and frozen from task
 1 on. Task 0 has no CLR layers: a depthwise layer after a conv trained with it adds nothing the conv cannot
 learn, and an untouched identity layer would be memory kept for nothing. A later task's branch starts as the
@@ -36,19 +38,22 @@ import torch.nn.functional as F
 
 from ..base import Method
 from ..registry import register_method
-from ...models.reprogramming import (ANCHOR, TaskHeads, add_task, reprogram_, set_task, shared_parameters,
+from ...models.reprogramming import (ANCHOR, TaskHeads, add_task, has_task, reprogram_, set_task, shared_parameters,
                                      task_parameters, tasks_in_state)
 
 
 @register_method("clr")
 class CLR(Method):
     needs_task_id = True
+    transient_state = ("local_label",)  # derived from ctx.stream.task_classes
 
     def __init__(self, model, ctx, reg_lambda: float = 1e-5):
         super().__init__(model, ctx)
         self.reg_lambda = reg_lambda
+        # a loaded (pretrained) backbone is frozen from the start and reprogrammed for every task, as the paper
+        self.pretrained = getattr(model.backbone, "checkpoint", None) is not None
         try:
-            reprogram_(model.backbone)
+            reprogram_(model.backbone, anchor_layers=self.pretrained)
         except ValueError as err:
             raise ValueError(f"clr needs a convolutional backbone, e.g. model=resnet18 ({err})") from None
         info = ctx.stream
@@ -64,13 +69,13 @@ class CLR(Method):
         # the task's branch must exist before the engine builds the optimizer over trainable_parameters()
         add_task(self.model, task.id)
         for p in shared_parameters(self.model):
-            p.requires_grad_(task.id == ANCHOR)  # the anchor is trained on task 0, frozen afterwards
+            p.requires_grad_(task.id == ANCHOR and not self.pretrained)  # trained on task 0, frozen afterwards
         super().start_task(task)
 
     def trainable_parameters(self):
         t = max(self.current_task, 0)
         own = task_parameters(self.model, t)
-        return shared_parameters(self.model) + own if t == ANCHOR else own
+        return shared_parameters(self.model) + own if t == ANCHOR and not self.pretrained else own
 
     # ------------------------------------------------------------------ training
     def observe(self, x, y, task_id):
@@ -83,12 +88,12 @@ class CLR(Method):
 
     # ------------------------------------------------------------------ inference
     def trained_tasks(self) -> list[int]:
-        return [t for t in range(self.ctx.stream.n_tasks) if self.model.head.has_task(t)]
+        return [t for t in range(self.ctx.stream.n_tasks) if has_task(self.model, t)]
 
     def forward(self, x, task_id=None):
         n_classes = self.ctx.stream.n_classes
         tasks = self.trained_tasks() if task_id is None else [task_id]
-        tasks = [t for t in tasks if self.model.head.has_task(t)]
+        tasks = [t for t in tasks if has_task(self.model, t)]
         if not tasks:  # no branch for this task yet: no opinion
             return x.new_zeros(x.shape[0], n_classes)
         out = x.new_full((x.shape[0], n_classes), float("-inf"))

@@ -1,0 +1,1 @@
+"""Online and task-free continual learning: GSS, MIR, task-free MAS, OnPro."""

@@ -1,0 +1,69 @@
+"""Methods never see test data; a method that asks for validation data gets a seeded, stratified split of the
+task's training data, which the engine does not train on."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clzoo import Method
+from clzoo.data import build_stream
+from clzoo.data.scenarios import StreamError
+from clzoo.engine.runner import run
+from clzoo.testing import tiny_config
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return build_stream("digits", n_tasks=5, train_per_task=100, test_per_task=20)
+
+
+def test_training_view_is_a_stratified_seeded_split_without_test_data(stream):
+    task = stream.tasks[1]
+    view = task.training_view(0.2, seed=3)
+    for c in task.classes:
+        n_c = int((task.y_train == c).sum())
+        assert int((view.y_val == c).sum()) == round(0.2 * n_c)
+        assert int((view.y_train == c).sum()) + int((view.y_val == c).sum()) == n_c
+    assert view.n_train + view.n_val == task.n_train
+    # train and validation rows together are exactly the task's training rows
+    rows = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
+    assert rows(torch.cat([view.x_train, view.x_val])) == rows(task.x_train)
+    again, other = task.training_view(0.2, seed=3), task.training_view(0.2, seed=4)
+    assert torch.equal(again.x_val, view.x_val) and not torch.equal(other.x_val, view.x_val)
+    plain = task.training_view()
+    assert plain.x_train is task.x_train and plain.n_val == 0
+    with pytest.raises(AttributeError, match="do not see test data.*validation_fraction"):
+        view.x_test
+    with pytest.raises(StreamError, match="validation_fraction"):
+        task.training_view(1.0)
+
+
+class Recorder(Method):
+    """Records what the engine hands it (plain Python lists: fine for a run, not for the conformance kit)."""
+
+    validation_fraction = 0.25
+
+    def __init__(self, model, ctx):
+        super().__init__(model, ctx)
+        self.observed, self.views = [], []
+
+    def begin_task(self, task):
+        assert not hasattr(task, "x_test") and not hasattr(task, "y_test")
+        self.views.append((task.n_train, task.n_val))
+        self.observed.append(0)
+
+    def observe(self, x, y, task_id):
+        self.observed[-1] += len(y)
+        return self.step(F.cross_entropy(self.model(self.augment(x)), y))
+
+
+def test_engine_trains_only_on_the_rest_and_hands_no_test_data(tmp_path, stream):
+    seen = {}
+    cfg = tiny_config(Recorder, epochs=1, stream={"train_per_task": 100, "test_per_task": 20})
+    run(cfg, tmp_path / "run", show_progress=False, observer=lambda m, t: seen.setdefault("m", m))
+    method = seen["m"]
+    for (n_train, n_val), observed, task in zip(method.views, method.observed, stream.tasks):
+        expected = sum(round(0.25 * int((task.y_train == c).sum())) for c in task.classes)
+        assert n_val == expected > 0 and n_train + n_val == task.n_train
+        assert observed == n_train                                                 # one epoch, validation left out
