@@ -28,7 +28,7 @@ def sequential_reservoir(capacity, seen, draws):
 @pytest.mark.parametrize("capacity,batch", [(7, 10), (5, 64), (50, 10)])
 def test_vectorised_reservoir_is_algorithm_r(capacity, batch, on_host):
     buf = ReplayBuffer(capacity, (3,), 10, store_logits=True)
-    buf.decide_on_host = on_host  # the host pass (CPU default) and the device pass (accelerators) alike
+    buf._decide_on_host = on_host  # the host pass (CPU default) and the device pass (accelerators) alike
     torch.manual_seed(0)
     for step in range(40):
         x = torch.randint(0, 255, (batch, 3), dtype=torch.uint8)

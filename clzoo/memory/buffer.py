@@ -58,7 +58,7 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
 
     #: reservoir decisions on the host (True), on the device (False) or by device (None: host on CPU); same result
-    decide_on_host: bool | None = None
+    _decide_on_host: bool | None = None
 
     #: bytes a buffer costs whatever its capacity (the two int64 counters)
     FIXED_BYTES = 16
@@ -146,7 +146,7 @@ class ReplayBuffer(nn.Module):
         if seen + b <= capacity:  # still filling: sample i goes to slot seen + i
             self._write_range(seen, x, y, task, logits)
             slots = torch.arange(seen, seen + b, device=device)
-        elif self.decide_on_host if self.decide_on_host is not None else device.type == "cpu":
+        elif self._decide_on_host if self._decide_on_host is not None else device.type == "cpu":
             # decided on the host (reading the draws costs nothing on a CPU, and for a small batch a short Python
             # pass is cheaper than the dozen tensor operations below: 16 vs 25 microseconds at batch 10)
             slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1)
