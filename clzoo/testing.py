@@ -191,7 +191,8 @@ def reachable_tensors(method: nn.Module) -> dict[str, Tensor]:
             return
         visited.add(id(obj))
         if isinstance(obj, Tensor):
-            found.setdefault(path, obj)
+            if not obj.is_meta:  # meta tensors are shapes without storage (a structure-only skeleton)
+                found.setdefault(path, obj)
         elif isinstance(obj, np.ndarray):  # numpy memory is kept off the books just the same
             if obj.dtype != object and obj.size:
                 found.setdefault(path, torch.from_numpy(np.ascontiguousarray(obj)))
@@ -309,7 +310,7 @@ def _per_sample_bytes(buffers: list[ReplayBuffer]) -> int:
     for b in buffers:
         logits = b.logits.shape[1] * b.logits.element_size() if b.logits is not None else 0
         per.append(math.prod(b.x.shape[1:]) * b.x.element_size() + b.y.element_size() + b.task.element_size()
-                   + logits)
+                   + logits + getattr(b, "extra_bytes_per_sample", 0))
     return max(per)
 
 

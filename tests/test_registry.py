@@ -41,6 +41,9 @@ KIT_ARGS = {
     # the online methods' costly parts made small: fewer buffer gradients (GSS), 4 rotations and a small buffer batch
     # (OnPro); their own tests (tests/test_online.py) check the full settings' pieces
     "gss": {"memory_strength": 3, "n_iter": 1},
+    # task-free MAS's recent / hard buffers are part of the algorithm (30 + 30 samples, the official sizes), not a
+    # replay memory sized by the budget
+    "tf_mas": {"check_auto_budget": False},
     "onpro": {"rotations": 4, "buffer_batch_size": 16, "projection_dim": 16},
     # prompt methods need a timm ViT: a random-init one, 2 blocks of width 32 on the 8x8 digits (4x4 patches),
     # with pools and prompted layers scaled down to it

@@ -242,8 +242,10 @@ class Method(nn.Module):
                     f"and one exemplar costs {per_sample:,} bytes, so it needs at least {needed:,} bytes; raise "
                     f"budget.mb to at least {min_mb:g}"
                     + (" or set budget.count_model=false" if budget.count_model else ""))
-        return ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
-                            selection=selection).to(self.device)
+        buffer = ReplayBuffer(int(capacity), info.input_shape, info.n_classes, store_logits,
+                              selection=selection).to(self.device)
+        buffer.extra_bytes_per_sample = int(extra_bytes_per_sample)  # what the owner keeps beside each sample
+        return buffer
 
 
 def clear_grads(opt: torch.optim.Optimizer) -> None:

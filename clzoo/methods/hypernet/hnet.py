@@ -33,6 +33,7 @@ from ..registry import register_method
 @register_method("hnet")
 class HNET(Method):
     needs_task_id = True  # per-task embeddings; without a task id the task is inferred by minimum entropy
+    transient_state = ("local_label",)  # derived from ctx.stream.task_classes
     #: regulariser targets kept per finished task (HNET: the generated weights; HyperInterval: lower, middle, upper)
     n_targets = 1
 

@@ -23,7 +23,7 @@ The buffer batch holds ``min(buffer_batch_size, 7 x classes seen)`` samples; the
 the reservoir. Evaluation uses the linear classifier. Optimiser in the paper: Adam, lr 5e-4, betas (0.9, 0.99),
 weight decay 1e-4 (``trainer.optimizer``); 16 rotation views (``rotations=4`` is the reduced CPU setting).
 
-Memory: the reservoir buffer (uint8 inputs, labels, task ids), the projection head (``heads``), the class
+Memory: the reservoir buffer (uint8 inputs, labels, task ids), the projection head (``other``: it is not part of the model the predictions come from), the class
 prototypes ``classes_mean`` (C x projection_dim floats, ``prototypes``) and the seen-class flags. Differences from
 the official code: uint8 buffer (the official one stores float32 inputs and unused logits / feature arrays), no
 mixed precision, the projection is ``min(projection_dim, feature width)`` wide, so it also fits small backbones,
@@ -113,7 +113,7 @@ class OnPro(Method):
         self.mixup_base_rate, self.mixup_p = mixup_base_rate, mixup_p
         self.mixup_range, self.mixup_alpha = (mixup_lower, mixup_upper), mixup_alpha
         width = model.backbone.out_features
-        self.projection = tag_memory(nn.Linear(width, min(projection_dim, width)), "heads")
+        self.projection = tag_memory(nn.Linear(width, min(projection_dim, width)), "other")
         n_classes = ctx.stream.n_classes
         self.register_buffer("classes_mean", torch.zeros(n_classes, self.projection.out_features))
         self.register_buffer("seen", torch.zeros(n_classes, dtype=torch.bool))

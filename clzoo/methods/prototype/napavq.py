@@ -20,7 +20,7 @@ classifier replaced by neural-gas vector quantization:
   previous model at the start of a task, as the code does: a neighbour can be a new class's CV).
 * Inference: nearest rotation-0 CV after L2 normalisation of features and CVs.
 
-Memory: backbone, CVs ``4C x D`` (``heads``), graph ``4C x 4C`` and prototypes ``4C x D`` (``prototypes``), the
+Memory: backbone, CVs ``4C x D``, graph ``4C x 4C`` and prototypes ``4C x D`` (``prototypes``), the
 frozen previous backbone (``teachers``). The model's linear head is dropped (the code keeps an unused one) and the
 code's ``cv_connectedness`` matrix, which stays the identity, is not stored.
 """
@@ -45,7 +45,7 @@ class NeighbourhoodGraph(nn.Module):
     def __init__(self, n_cvs: int, dim: int, k: int = 15, epsilon: float = 0.9, prune_after: int = 10,
                  neighbour_scale: float = 0.001):
         super().__init__()
-        self.cvs = tag_memory(nn.ParameterDict({"weight": nn.Parameter(torch.randn(n_cvs, dim))}), "heads")
+        self.cvs = tag_memory(nn.ParameterDict({"weight": nn.Parameter(torch.randn(n_cvs, dim))}), "prototypes")
         self.register_buffer("edges", torch.eye(n_cvs))
         self.memory_categories = {"edges": "prototypes"}
         self.k, self.epsilon, self.e_min, self.neighbour_scale = k, epsilon, epsilon ** prune_after, neighbour_scale

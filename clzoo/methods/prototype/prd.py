@@ -18,7 +18,7 @@ MLP head (D -> hidden -> hidden -> projection_dim), and minimises
 * Inference: cosine between the feature and every seen class's prototype (class-IL masks classes not seen yet,
   which the code's ``_classify_CI`` includes).
 
-Memory: backbone + projection head (``backbone``), prototypes ``C x D`` (``prototypes``), the frozen previous
+Memory: backbone (``backbone``), the projection head, used in training only (``other``), prototypes ``C x D`` (``prototypes``), the frozen previous
 backbone and prototypes (``teachers``); the model's linear head is dropped. Differences from the code: the frozen
 copy runs in the student's mode (the code's copy stays in train mode too, BatchNorm on batch statistics) but
 does not update its running statistics; ``first_task_extra_epochs`` repeats the first task's data instead of
@@ -56,7 +56,7 @@ class PRD(ExemplarFreeMethod):
         self.model.head = nn.Identity()  # classification is by the prototypes
         self.projection = tag_memory(nn.Sequential(nn.Linear(d, projection_hidden), nn.ReLU(),
                                                    nn.Linear(projection_hidden, projection_hidden), nn.ReLU(),
-                                                   nn.Linear(projection_hidden, projection_dim)), "backbone")
+                                                   nn.Linear(projection_hidden, projection_dim)), "other")
         self.prototypes = nn.Parameter(nn.Linear(d, ctx.stream.n_classes, bias=False).weight.detach().clone())
         self.register_buffer("old_prototypes", torch.zeros_like(self.prototypes))
         self.memory_categories = {"prototypes": "prototypes", "old_prototypes": "teachers"}
