@@ -249,7 +249,7 @@ class Method(nn.Module):
 
 
 def clear_grads(opt: torch.optim.Optimizer) -> None:
-    """``opt.zero_grad(set_to_none=True)`` without its per-call profiler record and hook machinery (about 15
+    """``opt.zero_grad(set_to_none=True)`` without its per-call profiler record and checks (about 15
     microseconds a step on CPU; bench/overhead.py): the gradients are simply dropped, which is all that call does
     here. An optimizer class with its own ``zero_grad`` keeps it."""
     if type(opt).zero_grad is not torch.optim.Optimizer.zero_grad:
