@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..data import BatchTransform, build_stream
 from ..memory.ledger import Budget, measure
-from ..methods.base import RunContext, StreamInfo, check_finite, check_parameters_finite
+from ..methods.base import RunContext, StreamInfo, check_losses_finite, check_parameters_finite
 from ..models import ContinualModel, mask_logits
 from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
@@ -128,9 +128,13 @@ def _versions() -> dict:
 LOG_BURST = 100
 
 
+#: steps between two reads of the training losses on the host (the non-finite check, progress lines)
+CHECK_EVERY = 50
+
+
 def _write_losses(writer, pending: list) -> None:
     for step, value, walltime in pending:
-        writer.add_scalar("train/loss", value, step, walltime=walltime)
+        writer.add_scalar("train/loss", float(value), step, walltime=walltime)
     pending.clear()
 
 
@@ -156,30 +160,38 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
     # one add_scalar per point wakes TensorBoard's writer thread every time, which slowed small-model CPU
     # training by ~10-15% (bench/); the events written are the same
     pending: list = []
+    # the losses stay on the device and are checked for NaN / infinity CHECK_EVERY steps at a time (one host read,
+    # not one a step, which on an accelerator would wait for every step to finish); a bad loss is still reported
+    # with its own step number, and before end_task and the checkpoint
+    recent: list = []
     first_step = progress["step"]
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = method.observe(x_all[idx], y_all[idx], task_arg)
+                loss = method.observe(x_all.index_select(0, idx), y_all.index_select(0, idx), task_arg)
+                loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
-                value = check_finite(loss, task.id, step)
+                recent.append(loss)
                 progress["step"] = step + 1
                 seen += len(idx)
                 if anytime is not None:
                     anytime.after_batch(method, task.id, progress, len(idx))
                 if writer is not None and step % log_every == 0:
-                    pending.append((step, value, time.time()))
+                    pending.append((step, loss, time.time()))
                     if len(pending) >= LOG_BURST:
                         _write_losses(writer, pending)
-                if lines is not None:
-                    lines.update(progress["step"] - first_step, seen, epoch, value)
-                elif show_progress:
+                if len(recent) >= CHECK_EVERY:
+                    check_losses_finite(recent, task.id, progress["step"] - len(recent))
+                    if lines is not None:
+                        lines.update(progress["step"] - first_step, seen, epoch, float(loss))
+                if show_progress and lines is None:
                     bar.update(1)
                     if b % 20 == 0:
-                        bar.set_postfix(loss=f"{value:.3f}", samples_s=f"{seen / (time.perf_counter() - started):.0f}",
-                                        epoch=epoch)
+                        bar.set_postfix(loss=f"{float(loss):.3f}",
+                                        samples_s=f"{seen / (time.perf_counter() - started):.0f}", epoch=epoch)
+            check_losses_finite(recent, task.id, progress["step"] - len(recent))
             method.end_epoch()
     finally:
         if writer is not None:
