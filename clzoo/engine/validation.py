@@ -14,33 +14,17 @@ from torch import Tensor
 from ..models import mask_logits
 
 
-def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> Tensor:
-    """Sorted indices of ``round(fraction * n_c)`` samples of every class c (at least 1 when the class has two
-    or more samples, never all of them), drawn with a generator seeded by ``seed``."""
-    gen = torch.Generator().manual_seed(int(seed))
-    labels = labels.cpu()
-    perm = torch.randperm(len(labels), generator=gen)
-    picked = []
-    for c in labels.unique().tolist():
-        members = perm[labels[perm] == c]
-        n = len(members)
-        k = min(max(int(round(fraction * n)), 1 if n >= 2 else 0), max(n - 1, 0))
-        picked.append(members[:k])
-    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
-
-
 def hold_out_validation(stream, fraction: float, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
     """Move ``fraction`` of every task's training data of ``stream`` into a validation split (in place: the
-    tasks' ``x_train`` / ``y_train`` lose those samples) and return the ``(x_val, y_val)`` of every task."""
+    tasks' ``x_train`` / ``y_train`` lose those samples) and return the ``(x_val, y_val)`` of every task. The split
+    is the one a method gets with ``validation_fraction`` (:meth:`clzoo.data.scenarios.Task.training_view`)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"trainer.validation_fraction must be in [0, 1) (0: no validation split), got {fraction}")
     out = []
     for task in stream.tasks:
-        val = stratified_holdout(task.y_train, fraction, seed * 1_000_003 + task.id)
-        keep = torch.ones(len(task.y_train), dtype=torch.bool)
-        keep[val] = False
-        out.append((task.x_train[val], task.y_train[val]))
-        task.x_train, task.y_train = task.x_train[keep], task.y_train[keep]
+        view = task.training_view(fraction, seed)
+        out.append((view.x_val, view.y_val))
+        task.x_train, task.y_train = view.x_train, view.y_train
     return out
 
 
