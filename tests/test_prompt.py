@@ -178,6 +178,24 @@ def test_head_ft_trains_only_the_head():
     assert measure(method).by_category["prompts"] == 0
 
 
+def test_the_cosine_schedule_sets_every_epochs_learning_rate():
+    """The CODA code's per-epoch cosine reaches the optimizer: the learning rate of epoch e is cosine_lr(lr, e, E)
+    (a regression test: the schedule was once silently replaced by the base class's milestone attribute)."""
+    from clzoo.methods.parts.prompting import cosine_lr
+
+    ctx = _ctx(lr=0.1)
+    ctx.epochs = 4
+    method = HeadFinetune(_tiny_model(), ctx)
+    task = _Task(0)
+    method.start_task(task)
+    seen = []
+    for _ in range(ctx.epochs):
+        seen.append(method.opt.param_groups[0]["lr"])
+        method.observe(task.x_train[:8], task.y_train[:8], 0)
+        method.end_epoch()
+    assert seen == [cosine_lr(0.1, e, 4) for e in range(4)] and seen[-1] < seen[0]
+
+
 def test_resize_feeds_small_images_to_a_larger_vit():
     """model=vit_b16 upsamples 32x32 CIFAR to 224: the same path on a tiny ViT built for 16x16 fed 8x8 images."""
     kw = {k: v for k, v in TINY_VIT.items() if k not in ("_target_", "name", "img_size")}

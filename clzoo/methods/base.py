@@ -147,18 +147,22 @@ class Method(nn.Module):
         ``trainer.optimizer.milestones`` is set: multiplied by ``gamma`` at those epochs of every task)."""
         self.opt = build_optimizer(self.trainable_parameters(), **self.ctx.optimizer)
         milestones = self.ctx.optimizer.get("milestones") or []
-        self.lr_schedule = (torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(m) for m in milestones],
-                                                                 float(self.ctx.optimizer.get("gamma", 0.1)))
-                            if milestones else None)
+        self.milestone_schedule = (torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(m) for m in milestones],
+                                                                        float(self.ctx.optimizer.get("gamma", 0.1)))
+                                   if milestones else None)
 
     def end_epoch(self) -> None:
-        """Called by the engine after every epoch of a task: advances the learning-rate schedule."""
-        if getattr(self, "lr_schedule", None) is not None:
-            self.lr_schedule.step()
+        """Called by the engine after every epoch of a task: advances the milestone schedule and every schedule the
+        method added to ``self.epoch_schedules`` for this task (``torch.optim.lr_scheduler`` objects)."""
+        schedules = [getattr(self, "milestone_schedule", None), *getattr(self, "epoch_schedules", ())]
+        for schedule in schedules:
+            if schedule is not None:
+                schedule.step()
 
     def start_task(self, task) -> None:
         """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
         self.current_task = task.id
+        self.epoch_schedules = []  # a method's own per-epoch schedules of this task (see end_epoch)
         self.reset_optimizer()
         self.begin_task(task)
 

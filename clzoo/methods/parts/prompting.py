@@ -51,8 +51,6 @@ class PromptMethod(Method):
         freeze(model.backbone)
         self.mask_past = bool(mask_past)
         self.lr_schedule = lr_schedule
-        self._steps_per_epoch = 1
-        self._step_in_task = 0
 
     # ------------------------------------------------------------------ what subclasses provide
     def features(self, x: Tensor, train: bool, task_id: int | None) -> tuple[Tensor, Tensor | float]:
@@ -73,19 +71,12 @@ class PromptMethod(Method):
 
     def start_task(self, task) -> None:
         super().start_task(task)
-        n_train = len(self.training_data(task)[1])
-        self._steps_per_epoch = max(1, math.ceil(n_train / self.ctx.batch_size))
-        self._step_in_task = 0
-
-    def _schedule(self) -> None:
-        if self.lr_schedule == "cosine" and self._step_in_task % self._steps_per_epoch == 0:
-            epoch = self._step_in_task // self._steps_per_epoch
-            for group in self.opt.param_groups:
-                group["lr"] = cosine_lr(float(self.ctx.optimizer.get("lr", 0.1)), epoch, self.ctx.epochs)
-        self._step_in_task += 1
+        if self.lr_schedule == "cosine":  # set for every epoch by the engine's end_epoch
+            epochs = self.ctx.epochs
+            self.epoch_schedules.append(
+                torch.optim.lr_scheduler.LambdaLR(self.opt, lambda epoch: cosine_lr(1.0, epoch, epochs)))
 
     def observe(self, x, y, task_id):
-        self._schedule()
         feats, prompt_loss = self.features(self.augment(x), train=True, task_id=task_id)
         logits = self.model.head(feats)
         if self.mask_past:  # past (and not yet seen) classes masked, as the CODA-Prompt code does

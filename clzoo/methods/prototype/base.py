@@ -1,9 +1,8 @@
 """What the exemplar-free prototype methods share: no replay buffer, a first task of at least two classes, the
 features of the backbone (:meth:`ContinualModel.features`), a frozen copy of the previous backbone, and a
-per-epoch step learning-rate schedule counted in steps (the engine has no epoch hook)."""
+per-epoch step learning-rate schedule (stepped by the engine's ``end_epoch``)."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -29,7 +28,6 @@ class ExemplarFreeMethod(Method):
                               f"{len(first)} class; set stream.first_task_classes (or stream.n_tasks) so that the "
                               f"first task has at least 2 classes")
         self.feature_dim = int(model.head.in_features)
-        self._sched: list = []
 
     # ---------------------------------------------------------------- features
     def features(self, x: Tensor) -> Tensor:
@@ -46,17 +44,14 @@ class ExemplarFreeMethod(Method):
         return out
 
     # ---------------------------------------------------------------- step learning-rate schedule per epoch
-    def schedule_epochs(self, optimizer, step_epochs: int | None, gamma: float, task) -> None:
-        """Multiply ``optimizer``'s learning rates by ``gamma`` every ``step_epochs`` epochs of ``task`` (PASS's
-        and NAPA-VQ's StepLR); call from ``begin_task``, then :meth:`tick` once per step."""
+    def schedule_epochs(self, optimizer, step_epochs: int | None, gamma: float) -> None:
+        """Multiply ``optimizer``'s learning rates by ``gamma`` every ``step_epochs`` epochs of the task (PASS's and
+        NAPA-VQ's StepLR); call from ``begin_task``."""
         if step_epochs:
-            steps = max(math.ceil(task.n_train / self.ctx.batch_size), 1) * int(step_epochs)
-            self._sched.append([optimizer, steps, gamma])
-        self._step_in_task = 0
+            self.epoch_schedules.append(torch.optim.lr_scheduler.StepLR(optimizer, int(step_epochs), gamma))
 
     def start_task(self, task) -> None:
         self.assert_no_exemplars()
-        self._sched, self._step_in_task = [], 0
         super().start_task(task)
 
     def assert_no_exemplars(self) -> None:
@@ -65,10 +60,3 @@ class ExemplarFreeMethod(Method):
         if stored:
             raise RuntimeError(f"{self.method_name or type(self).__name__} is exemplar-free but keeps {stored:,} bytes "
                                f"of exemplars in its state")
-
-    def tick(self) -> None:
-        self._step_in_task += 1
-        for optimizer, every, gamma in self._sched:
-            if self._step_in_task % every == 0:
-                for group in optimizer.param_groups:
-                    group["lr"] *= gamma

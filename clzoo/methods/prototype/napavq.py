@@ -133,8 +133,8 @@ class NAPAVQ(ExemplarFreeMethod):
         return N_ROTATIONS * self.seen_classes(task_id)
 
     def begin_task(self, task):
-        self.schedule_epochs(self.opt, self.lr_step_epochs, self.lr_gamma, task)
-        self.schedule_epochs(self.cv_opt, self.cv_lr_step_epochs, self.lr_gamma, task)
+        self.schedule_epochs(self.opt, self.lr_step_epochs, self.lr_gamma)
+        self.schedule_epochs(self.cv_opt, self.cv_lr_step_epochs, self.lr_gamma)
         if task.id > 0:  # the new classes' prototypes under the previous model (NA-PA may pick them as neighbours)
             self.store_prototypes(task)
 
@@ -164,7 +164,6 @@ class NAPAVQ(ExemplarFreeMethod):
             self.navq.weight.grad[:self.n_joint(task_id - 1)] = 0
         self.opt.step()
         self.cv_opt.step()
-        self.tick()
         return loss.detach()
 
     def neighbourhood_augment(self, n: int, n_old_classes: int) -> tuple[Tensor, Tensor]:

@@ -63,7 +63,7 @@ class PASS(ExemplarFreeMethod):
         self.opt = build_optimizer(self.trainable_parameters(), **{**self.ctx.optimizer, "lr": lr})
 
     def begin_task(self, task):
-        self.schedule_epochs(self.opt, self.lr_step_epochs, self.lr_gamma, task)
+        self.schedule_epochs(self.opt, self.lr_step_epochs, self.lr_gamma)
 
     def observe(self, x, y, task_id):
         x4, y4 = rotate4(self.augment(x), y)
@@ -79,7 +79,6 @@ class PASS(ExemplarFreeMethod):
             logits = self.model.head(proto)[:, :n_joint]
             loss = loss + self.proto_aug_weight * F.cross_entropy(logits / self.temperature, N_ROTATIONS * cls)
         loss = self.step(loss)
-        self.tick()
         return loss
 
     @torch.no_grad()
