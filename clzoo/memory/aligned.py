@@ -14,7 +14,8 @@ methods keep the benchmark backbone, each filling the rest with exemplars.
 
 These are pure functions of parameter counts. In a live run the same numbers come from the ledger with
 ``budget.convention=memo budget.count_model=true`` (exemplar pixels plus backbone parameters), so an aligned
-comparison is a budget: ``budget.mb=aligned_budget_mb(...)`` with ``method.buffer.capacity=auto``.
+comparison is a budget: ``budget.mb=aligned_budget_mb(...)`` with ``method.buffer.capacity=auto``. The area under
+accuracy versus memory is the leaderboard's (:func:`clzoo.leaderboard.build.auc_trapezoid`).
 """
 from __future__ import annotations
 
@@ -131,14 +132,5 @@ def auc_points(n_tasks: int, benchmark_params: int, point_backbones: list[tuple[
     return points
 
 
-def trapezoid_auc(memory_mb: list[float], accuracy: list[float]) -> float:
-    """Area under accuracy versus memory (MB) by the trapezoid rule, over the points given (sorted by memory).
-    MEMO reports AUC-A (average incremental accuracy) and AUC-L (last accuracy); its code does not state the rule."""
-    if len(memory_mb) != len(accuracy) or len(memory_mb) < 2:
-        raise ValueError("the AUC needs at least two (memory, accuracy) points of equal length")
-    pts = sorted(zip(memory_mb, accuracy))
-    return sum((m1 - m0) * (a0 + a1) / 2 for (m0, a0), (m1, a1) in zip(pts, pts[1:]))
-
-
 __all__ = ["BASE_EXEMPLARS", "MemoryPoint", "aligned_budget_mb", "aligned_memory", "auc_points", "exemplar_bytes",
-           "exemplars_worth", "fill_with_exemplars", "kept_params", "model_bytes", "trapezoid_auc"]
+           "exemplars_worth", "fill_with_exemplars", "kept_params", "model_bytes"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...memory.selection import herding
+from .prototypes import extract_features
 
 
 @torch.no_grad()
@@ -47,9 +48,9 @@ def eval_features(method, x, batch_size: int = 1000) -> torch.Tensor:
     model = method.model
     was_training = model.training
     model.eval()
-    out = torch.cat([model.features(method.preprocess(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    out = extract_features(model.features, x, batch_size, method.preprocess)
     model.train(was_training)
-    return torch.nn.functional.normalize(out.flatten(1), dim=1)
+    return torch.nn.functional.normalize(out, dim=1)
 
 
 __all__ = ["eval_features", "update_herding_exemplars", "with_exemplars"]
