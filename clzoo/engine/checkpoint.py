@@ -100,15 +100,23 @@ def without_neutral_defaults(config: dict) -> dict:
     return out
 
 
+#: dotted keys that do not change what a run computes (how far it goes, where it runs, how it logs): left out of
+#: :func:`config_hash`, and so free to change on a resume. The CPU thread count is not among them (matrix products
+#: round differently with 1 and 2 threads): the hash gets the count in effect, see runner.run_config_hash.
+UNHASHED_KEYS = ("resume", "log", "hydra", "trainer.max_tasks", "trainer.device", "trainer.log_every",
+                 "trainer.eval_batch_size")
+
+
 def config_hash(config: dict) -> str:
     """A short stable hash of a run's configuration (what the results depend on)."""
-    config = without_neutral_defaults(config)
-    relevant = {k: v for k, v in config.items() if k not in ("resume", "log", "hydra")}
-    if isinstance(relevant.get("trainer"), dict):
-        # how far a run goes, where it runs and how it logs are not part of what it computes; the CPU thread
-        # count is (matrix products round differently with 1 and 2 threads), see runner.run_config_hash
-        ignored = ("max_tasks", "device", "log_every", "eval_batch_size")
-        relevant["trainer"] = {k: v for k, v in relevant["trainer"].items() if k not in ignored}
+    relevant = without_neutral_defaults(config)
+    for key in UNHASHED_KEYS:
+        *parents, leaf = key.split(".")
+        node = relevant
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

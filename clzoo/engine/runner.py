@@ -22,16 +22,16 @@ from ..models import ContinualModel, mask_logits
 from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from . import online
-from .checkpoint import (atomic_write_text, config_hash, ensure_writable, load_latest_intact,
+from .checkpoint import (UNHASHED_KEYS, atomic_write_text, config_hash, ensure_writable, load_latest_intact,
                          remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
 from .validation import final_validation_accuracy, hold_out_validation, validation_accuracy
 from .reporting import ProgressLines, summary, trained_metrics, write_metrics_csv, write_plots
 
 
-#: config keys a resume may change (they do not change what the run computes; see checkpoint.config_hash)
-HASH_IGNORED = ("resume", "log", "hydra", "trainer.max_tasks", "trainer.device", "trainer.num_threads",
-                "trainer.log_every", "trainer.eval_batch_size")
+#: config keys a refused resume does not list as changed: the unhashed ones, and the thread count (hashed as the
+#: count in effect, and refused with its own message)
+HASH_IGNORED = (*UNHASHED_KEYS, "trainer.num_threads")
 
 
 class ResumeError(RuntimeError):
