@@ -143,8 +143,10 @@ def test_resume_after_a_kill_in_the_middle_of_an_online_task(tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------- GSS
-def test_gss_scores_match_a_per_sample_loop(stream):
-    method = make("gss", stream, buffer=40)
+@pytest.mark.parametrize("per_sample", ["factored", "vmap"])
+def test_gss_scores_match_a_per_sample_loop(stream, per_sample):
+    method = make("gss", stream, buffer=40, per_sample=per_sample)
+    method.model.eval()  # as GSS.admit scores
     x = method.preprocess(stream.tasks[0].x_train[:6])
     y = stream.tasks[0].y_train[:6]
     reference = torch.randn(4, sum(p.numel() for p in method.model.parameters()))
@@ -155,6 +157,22 @@ def test_gss_scores_match_a_per_sample_loop(stream):
         g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, list(method.model.parameters()))])
         slow.append(max(F.cosine_similarity(g, r, dim=0) for r in reference))
     torch.testing.assert_close(fast, torch.stack(slow), atol=1e-5, rtol=1e-4)
+
+
+def test_factored_gradients_apply_only_to_linear_networks_in_eval_mode():
+    from clzoo.methods.parts.factored_grads import linear_grad_similarity
+    torch.manual_seed(0)
+    loss = lambda logits, t: F.cross_entropy(logits, t, reduction="sum")  # noqa: E731
+    x, y = torch.randn(5, 3, 4, 4), torch.randint(0, 3, (5,))
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    assert linear_grad_similarity(conv, loss, x, y, torch.randn(2, 83)) is None  # the conv's gradient is no outer product
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    assert linear_grad_similarity(mlp, loss, x, y, torch.randn(2, 147)) is None  # training mode
+    mlp.eval()
+    dots, squares = linear_grad_similarity(mlp, loss, x, y, torch.randn(2, 147))
+    assert dots.shape == (5, 2) and squares.shape == (5,) and bool((squares > 0).all())
+    with pytest.raises(ValueError, match="147 trainable parameters"):
+        linear_grad_similarity(mlp, loss, x, y, torch.randn(2, 10))
 
 
 def test_gss_fills_then_replaces_by_score(stream):

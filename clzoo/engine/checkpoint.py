@@ -77,6 +77,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("budget", "convention"): "full",
     ("stream", "class_order_rng"): "torch",
     ("trainer", "validation_fraction"): 0.0,
+    ("method", "per_sample"): "vmap",  # GSS scores: runs before the factored path used torch.func
     ("trainer", "validation_seed"): 0,
     # online and task-free runs (clzoo/engine/online.py)
     ("stream", "task_free"): False,

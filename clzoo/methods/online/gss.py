@@ -14,7 +14,9 @@ batch:
    are drawn from the buffer with probability proportional to their min-max normalised scores, and each incoming
    sample ``i`` replaces its candidate ``j`` with probability ``(c_j + 1) / 2 / ((c_i + 1) / 2 + (c_j + 1) / 2)``.
 
-Per-sample gradients come from ``torch.func`` (``vmap`` over the batch), not a loop over samples (bench/). Memory:
+Per-sample gradient cosines come, for networks of linear layers, from one forward / backward without building
+the per-sample gradients (``per_sample: factored``, :mod:`..parts.factored_grads`), otherwise from ``torch.func``
+(``vmap`` over the batch); never a loop over samples (bench/online.py measures both against the official loop). Memory:
 the buffer (uint8 inputs, labels, task ids) plus one float32 score per slot (``exemplar_extras``); the official
 code keeps float32 inputs (4x the bytes per MNIST image). Differences from the official code: the buffer never
 overflows its capacity (the official appends a whole batch to a buffer one sample short of full), candidate
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import Method
+from ..parts.factored_grads import linear_grad_similarity
 from ..parts.importance import per_sample_grads
 from ..registry import register_method
 
@@ -62,8 +65,12 @@ class GSS(Method):
     supports_task_free = True  # the task id is only stored (task-free: -1)
 
     def __init__(self, model, ctx, buffer: dict | int | str = 300, minibatch_size: int = 10,
-                 memory_strength: int = 10, n_iter: int = 3, change_threshold: float = 0.0):
+                 memory_strength: int = 10, n_iter: int = 3, change_threshold: float = 0.0,
+                 per_sample: str = "factored"):
         super().__init__(model, ctx)
+        if per_sample not in ("factored", "vmap"):
+            raise ValueError(f"gss: method.per_sample must be 'factored' or 'vmap', got {per_sample!r}")
+        self.per_sample = per_sample
         if minibatch_size < 1 or memory_strength < 1 or n_iter < 1:
             raise ValueError(f"gss: minibatch_size, memory_strength and n_iter must be >= 1, got {minibatch_size}, "
                              f"{memory_strength}, {n_iter}")
@@ -97,7 +104,17 @@ class GSS(Method):
         return torch.stack(grads)
 
     def sample_scores(self, x: Tensor, y: Tensor, reference: Tensor) -> Tensor:
-        """Score of each sample of network input ``x``: max cosine of its own gradient to ``reference``."""
+        """Score of each sample of network input ``x``: max cosine of its own gradient to ``reference``. With
+        ``per_sample="factored"`` a network of linear layers gets the cosines from one forward / backward
+        (:mod:`..parts.factored_grads`, the same numbers up to float rounding); other networks, or ``"vmap"``,
+        use ``torch.func`` per-sample gradients."""
+        if self.per_sample == "factored":
+            found = linear_grad_similarity(self.model, lambda logits, t: F.cross_entropy(logits, t, reduction="sum"),
+                                           x, y, reference)
+            if found is not None:
+                dots, squares = found
+                norms = squares.sqrt().unsqueeze(1) * reference.norm(dim=1).unsqueeze(0)
+                return (dots / norms.clamp_min(1e-8)).max(dim=1).values
         grads, _ = per_sample_grads(self.model, lambda logits, t: F.cross_entropy(logits.unsqueeze(0), t.view(1)),
                                     x, y)
         return max_cosine_per_tensor(grads, reference)
