@@ -26,7 +26,9 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the CPU test
 
 
 def run_tiny(tmp_path, *overrides, name="run", observer=None):
-    return run(compose(TINY + list(overrides)), tmp_path / name, show_progress=False, observer=observer)
+    """A 2-task split_digits run, on the CPU unless ``overrides`` name a device (``auto`` would take a GPU)."""
+    device = [] if any(o.startswith("trainer.device=") for o in overrides) else ["trainer.device=cpu"]
+    return run(compose(TINY + device + list(overrides)), tmp_path / name, show_progress=False, observer=observer)
 
 
 def final_weights(run_dir):

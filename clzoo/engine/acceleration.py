@@ -7,7 +7,10 @@ inside it:
 * ``amp``: the whole run (training steps, a method's own loops, evaluation) runs under :func:`torch.autocast`;
   parameters, optimizer state and stored exemplars stay as they are. ``fp16`` needs CUDA and adds a
   :class:`torch.amp.GradScaler` that :meth:`Method.step <clzoo.methods.base.Method.step>` and ``fit_step`` go
-  through (loss scaling, a skipped step on overflow). ``bf16`` needs no scaler and works on CPUs too.
+  through (loss scaling, a skipped step on overflow; methods that call ``backward`` themselves, SI, MIR and
+  NAPA-VQ's step, train unscaled). ``bf16`` needs no scaler and works on CPUs too. Note that torch's GradScaler
+  reads its overflow flag on the host at every step (one synchronisation a step) unless the optimizer is fused;
+  bf16 has no such read.
 * ``compile``: the model's backbone (its forward, where the work is) is compiled in place with
   :meth:`torch.nn.Module.compile`, so ``state_dict`` keys, checkpoints and the memory ledger are unchanged.
 * ``channels_last``: the method's 4-D weights and the image batches the transforms produce use the NHWC memory
