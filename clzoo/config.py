@@ -196,6 +196,11 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"trainer.validation_fraction={fraction} must be in [0, 1): the share of each class of "
                           "every task's training data held out for validation (0: none)")
     check_device((cfg.get("trainer") or {}).get("device", "auto"))
+    from .engine.acceleration import check as check_acceleration
+
+    problem = check_acceleration(cfg.get("trainer") or {}, (cfg.get("trainer") or {}).get("device", "auto"))
+    if problem:
+        raise ConfigError(problem)
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -57,3 +57,52 @@ def test_avalanche_stock_pipeline_gives_the_tensor_pipelines_values():
     assert torch.allclose(bench._StockPipeline(aug, False, 32)(rgb), (rgb.float() / 255 - mean) / std, atol=1e-6)
     train = bench._StockPipeline(aug, True, 32)(rgb)  # cropped (zero padding) and maybe flipped: same shape
     assert train.shape == (3, 32, 32)
+
+
+def load_gpu_module():
+    return load_bench().gpu_module()
+
+
+def test_gpu_bare_loop_crop_flip_is_a_per_image_crop_and_flip():
+    import torch
+
+    gpu = load_gpu_module()
+    x = torch.rand(6, 3, 8, 8)
+    torch.manual_seed(3)
+    out = gpu.crop_flip(x, 2)
+    torch.manual_seed(3)  # the same draws, made in the same order
+    top, left = torch.randint(0, 5, (6, 1, 1, 1)), torch.randint(0, 5, (6, 1, 1, 1))
+    flips = torch.rand(6) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for k in range(6):
+        t, l = int(top[k]), int(left[k])
+        expected = padded[k, :, t:t + 8, l:l + 8]
+        assert torch.equal(out[k], expected.flip(-1) if flips[k] else expected)
+
+
+@pytest.mark.parametrize("method", ["er", "der"])
+def test_gpu_bare_loop_is_the_bare_loop_without_host_reads(method):
+    """bench/gpu.py's bare loop (what ``--device cuda`` runs), run on the CPU: it makes the CPU bare loop's random
+    draws in the same order, so it ends with the same accuracies, and it reads nothing back from the device per
+    step (counted with the mode of test_acceleration.py: only the evaluations read)."""
+    from clzoo.data import build_stream, load_source
+    from test_acceleration import HostReads
+
+    bench = load_bench()
+    stream = build_stream(source=load_source("digits"), n_tasks=2, train_per_task=100, test_per_task=50)
+    case = bench.Case(f"gpu/{method}", data="digits", method=method, model=bench.MLP, lr=0.05, buffer=30,
+                      minibatch=8)
+    with HostReads() as reads:
+        on_device = bench.gpu_module().run_bare_device(case, stream, 0, "cpu")
+    assert len(reads.calls) <= 3 * len(stream.tasks), reads.calls  # 20 steps; reads only at evaluations
+    assert on_device["per_task"] == bench.run_bare(case, stream, 0)["per_task"]
+
+
+def test_device_cuda_without_a_gpu_is_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert load_bench().main(["--suite", "gpu", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bench/run.py: error: --device cuda but ")

@@ -30,7 +30,11 @@ def random_hflip(x: Tensor) -> Tensor:
 
 
 class BatchTransform(nn.Module):
-    """uint8 -> float in [0, 1] -> (optional crop / flip) -> (x - mean) / std, all batched."""
+    """uint8 -> float in [0, 1] -> (optional crop / flip) -> (x - mean) / std, all batched.
+
+    ``channels_last`` (set by ``trainer.channels_last``): image batches come out in the NHWC memory layout."""
+
+    channels_last: bool = False
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  crop_padding: int = 0, hflip: bool = False):
@@ -55,10 +59,14 @@ class BatchTransform(nn.Module):
             x = random_hflip(x)
         if self.normalize:
             x = (x - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def without_augmentation(self) -> "BatchTransform":
         """The same normalisation with no random augmentation (for evaluation)."""
         mean = self.mean.flatten().tolist() if self.normalize else None
         std = self.std.flatten().tolist() if self.normalize else None
-        return BatchTransform(mean, std).to(self.mean.device if self.normalize else "cpu")
+        plain = BatchTransform(mean, std).to(self.mean.device if self.normalize else "cpu")
+        plain.channels_last = self.channels_last
+        return plain

@@ -86,6 +86,11 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     # pretrained backbones (clzoo/models/pretrained.py)
     ("model", "checkpoint"): None,
     ("model", "allow_overlap"): False,
+    # device settings (clzoo/engine/acceleration.py)
+    ("trainer", "amp"): "none",
+    ("trainer", "compile"): False,
+    ("trainer", "channels_last"): False,
+    ("trainer", "cudnn_benchmark"): False,
 }
 
 

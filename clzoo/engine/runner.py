@@ -22,6 +22,7 @@ from ..models import ContinualModel, mask_logits
 from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from . import online
+from .acceleration import Acceleration
 from .checkpoint import (UNHASHED_KEYS, atomic_write_text, config_hash, ensure_writable, load_latest_intact,
                          remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
@@ -107,11 +108,12 @@ def evaluate(method, stream, after_task: int | None, device, batch_size: int = 1
             y = y_all[i:i + batch_size].to(device, non_blocking=True)
             logits = method(x, task_id=None)  # task-agnostic
             logits_til = method(x, task_id=task.id) if oracle else logits
+            # counts stay on the device: one host read per task's test set, not one per batch
             if n_seen:
-                correct_cil += (mask_logits(logits, n_seen).argmax(1) == y).sum().item()
-            correct_til += (mask_logits(logits_til, task.classes).argmax(1) == y).sum().item()
-        acc_cil.append(correct_cil / max(len(y_all), 1))
-        acc_til.append(correct_til / max(len(y_all), 1))
+                correct_cil += (mask_logits(logits, n_seen).argmax(1) == y).sum()
+            correct_til += (mask_logits(logits_til, task.classes).argmax(1) == y).sum()
+        acc_cil.append(int(correct_cil) / max(len(y_all), 1))
+        acc_til.append(int(correct_til) / max(len(y_all), 1))
     method.train()
     return acc_cil, acc_til
 
@@ -133,8 +135,12 @@ CHECK_EVERY = 50
 
 
 def _write_losses(writer, pending: list) -> None:
-    for step, value, walltime in pending:
-        writer.add_scalar("train/loss", float(value), step, walltime=walltime)
+    if not pending:
+        return
+    # one host read for the whole burst (float64 holds every float32 / float64 loss exactly)
+    values = torch.stack([value.reshape(()).double() for _, value, _ in pending]).tolist()
+    for (step, _, walltime), value in zip(pending, values):
+        writer.add_scalar("train/loss", value, step, walltime=walltime)
     pending.clear()
 
 
@@ -182,15 +188,15 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                     pending.append((step, loss, time.time()))
                     if len(pending) >= LOG_BURST:
                         _write_losses(writer, pending)
-                if len(recent) >= CHECK_EVERY:
+                if len(recent) >= CHECK_EVERY:  # the only host read of the step loop, every CHECK_EVERY steps
                     check_losses_finite(recent, task.id, progress["step"] - len(recent))
                     if lines is not None:
                         lines.update(progress["step"] - first_step, seen, epoch, float(loss))
-                if show_progress and lines is None:
-                    bar.update(1)
-                    if b % 20 == 0:
+                    elif show_progress:
                         bar.set_postfix(loss=f"{float(loss):.3f}",
                                         samples_s=f"{seen / (time.perf_counter() - started):.0f}", epoch=epoch)
+                if show_progress and lines is None:
+                    bar.update(1)
             check_losses_finite(recent, task.id, progress["step"] - len(recent))
             method.end_epoch()
     finally:
@@ -273,7 +279,10 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, obser
 
     validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
     run_dir = Path(run_dir)
-    with run_dir_lock(run_dir):
+    trainer = cfg["trainer"]
+    # autocast (trainer.amp) and cuDNN autotuning for the whole run, restored when it ends
+    around = Acceleration.from_trainer(trainer).around_run(resolve_device(trainer.get("device", "auto")))
+    with run_dir_lock(run_dir), around:
         prepare_run_dir(run_dir)
         return _run(cfg, run_dir, show_progress, observer)
 
@@ -305,6 +314,8 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
     check_input_pipeline(model.backbone, train_tf)
     check_model_fits(model, stream, (cfg.get("_choices") or {}).get("model"))
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
+    # trainer.channels_last / compile / amp's loss scaler, set up around the step (recorded in results.json)
+    execution = Acceleration.from_trainer(trainer).prepare(method, device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
     if observer is not None:
@@ -350,6 +361,7 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     anytime = online.Anytime(stream, trainer, device, writer)
 
+    progress["execution"] = execution  # what this session ran with (a resumed run may run on another device)
     # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     method.train()
@@ -464,6 +476,8 @@ def assemble_results(cfg, stream, method_name, seed, progress, budget) -> dict:
         **({"task_free": True} if online.is_task_free(cfg) else {}),
         "backbone": progress.get("backbone"),
         "num_threads": progress.get("num_threads"),
+        # the device and its settings: trainer.amp / compile / channels_last / cudnn_benchmark in effect
+        "execution": progress.get("execution"),
         "status": "complete" if len(R) == stream.n_tasks else "partial",
         "completed_tasks": len(R),
         # the view the scenario is judged by: task_il streams by the task-IL matrix, others task-agnostic

@@ -2,6 +2,11 @@
 
 All of its state is registered as buffers, so it is in the owner's ``state_dict`` (checkpointed, resumed and
 counted by the ledger). Insertion is vectorised: no Python loop over the batch for reservoir sampling.
+
+The stored samples, labels and logits live on the owner's device (``.to(device)``, as the training data); the two
+counters (samples seen, slots filled) stay on the host whatever the device, because they steer Python control flow
+on every step (how many slots to draw from, whether the buffer is still filling): reading them costs no
+host-device synchronisation on an accelerator.
 """
 from __future__ import annotations
 
@@ -59,6 +64,18 @@ class ReplayBuffer(nn.Module):
 
     #: reservoir decisions on the host (True), on the device (False) or by device (None: host on CPU); same result
     _decide_on_host: bool | None = None
+
+    #: the counters kept on the host by :meth:`_apply` (see the module docstring)
+    HOST_COUNTERS = ("n_seen", "n_filled")
+
+    def _apply(self, fn, recurse=True):
+        # .to(device) / .cuda() move the samples; the (integer) counters stay where they are, on the host
+        counters = {name: self._buffers.get(name) for name in self.HOST_COUNTERS}
+        out = super()._apply(fn, recurse)
+        for name, counter in counters.items():
+            if counter is not None:
+                self._buffers[name] = counter if counter.device.type == "cpu" else counter.cpu()
+        return out
 
     #: bytes a buffer costs whatever its capacity (the two int64 counters)
     FIXED_BYTES = 16
@@ -164,12 +181,31 @@ class ReplayBuffer(nn.Module):
                 slots[: capacity - seen] = torch.arange(seen, capacity, device=device)
             # two samples of one batch taking the same slot: the later one wins, as in sequential insertion
             taken_later = (slots.unsqueeze(1) == slots.unsqueeze(0)).triu_(1).any(1)
-            rows = ((slots >= 0) & ~taken_later).nonzero().squeeze(1)
-            if len(rows):
-                self._write(slots.index_select(0, rows), rows, x, y, task, logits)
+            self._write_kept(slots, (slots >= 0) & ~taken_later, x, y, task, logits)
         self.n_seen.fill_(seen + b)
         self.n_filled.fill_(min(capacity, seen + b))
         return slots
+
+    def _write_kept(self, slots: Tensor, keep: Tensor, x, y, task, logits) -> None:
+        """Write row ``i`` to slot ``slots[i]`` where ``keep[i]`` (kept slots are distinct), without reading
+        ``keep`` on the host: every row is written, the rows not kept repeat the write of the last kept row (or,
+        when none is kept, write slot 0's own content back), so every slot written twice gets the same values."""
+        rows = torch.arange(len(slots), device=slots.device)
+        last_kept = torch.where(keep, rows, -1).max()
+        any_kept = last_kept >= 0
+        source = torch.where(keep, rows, last_kept.clamp(min=0))
+        target = torch.where(any_kept, slots.index_select(0, source), 0)
+
+        def new_or_old(stored: Tensor, new: Tensor) -> Tensor:
+            new = new.index_select(0, source).to(stored.dtype)
+            return torch.where(any_kept.view(-1, *[1] * (new.dim() - 1)), new, stored.index_select(0, target))
+
+        self.x.index_copy_(0, target, new_or_old(self.x, x))
+        self.y.index_copy_(0, target, new_or_old(self.y, y))
+        task = task if isinstance(task, Tensor) else torch.full_like(rows, int(task))
+        self.task.index_copy_(0, target, new_or_old(self.task, task))
+        if self.logits is not None and logits is not None:
+            self.logits.index_copy_(0, target, new_or_old(self.logits, logits.detach()))
 
     def _add_class_balanced(self, x, y, task, logits) -> Tensor:
         """GDumb's greedy class-balanced sampler (Prabhu et al., ECCV 2020), sample by sample in stream order:

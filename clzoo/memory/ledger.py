@@ -162,13 +162,16 @@ def measure(module: nn.Module, count_model: bool = False, budget_bytes: int | No
     by_category = {c: 0 for c in CATEGORIES}
     param_bytes = {c: 0 for c in CATEGORIES}
     by_tensor: dict[str, int] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple] = set()
     for key, tensor in module.state_dict(keep_vars=True).items():
         if any(key.startswith(p) for p in exclude):
             continue
         if tensor is None or not hasattr(tensor, "untyped_storage"):
             continue
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel() else (id(tensor), 0)
+        # shared storage is counted once; the device is part of the identity (a buffer's samples on the GPU and its
+        # counters on the host are different memory even if their addresses coincide)
+        ident = ((str(tensor.device), tensor.untyped_storage().data_ptr(), tensor.storage_offset()) if tensor.numel()
+                 else (id(tensor), 0))
         if ident in seen:
             continue
         seen.add(ident)

@@ -73,6 +73,8 @@ class RunContext:
     optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.1})
     batch_size: int = 10
     epochs: int = 1
+    #: ``trainer.amp=fp16`` on CUDA: the loss scaler every step of :meth:`Method.step` / ``fit_step`` goes through
+    grad_scaler: "torch.amp.GradScaler | None" = None
 
 
 def build_optimizer(params, name: str = "sgd", lr: float = 0.1, momentum: float = 0.0,
@@ -187,8 +189,7 @@ class Method(nn.Module):
     def step(self, loss: Tensor) -> Tensor:
         """zero_grad -> backward -> optimizer step; returns the detached loss."""
         clear_grads(self.opt)
-        loss.backward()
-        self.opt.step()
+        backward_and_step(loss, self.opt, getattr(self.ctx, "grad_scaler", None))
         return loss.detach()
 
     def fit_step(self, loss: Tensor, opt: torch.optim.Optimizer | None = None, where: str = "end_task") -> Tensor:
@@ -200,8 +201,7 @@ class Method(nn.Module):
         check_finite(loss, self.current_task, where=where)
         opt = opt if opt is not None else self.opt
         clear_grads(opt)
-        loss.backward()
-        opt.step()
+        backward_and_step(loss, opt, getattr(self.ctx, "grad_scaler", None))
         return loss.detach()
 
     def frozen_copy(self, module: nn.Module | None = None, category: str = "teachers") -> nn.Module:
@@ -262,6 +262,18 @@ def clear_grads(opt: torch.optim.Optimizer) -> None:
     for group in opt.param_groups:
         for p in group["params"]:
             p.grad = None
+
+
+def backward_and_step(loss: Tensor, opt: torch.optim.Optimizer, scaler=None) -> None:
+    """``loss.backward(); opt.step()``, through ``scaler`` (a :class:`torch.amp.GradScaler`, fp16 training) when
+    given: the loss is scaled, the step unscales the gradients and is skipped when they overflowed."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def check_finite(loss: Tensor | float, task_id: int, step: int | None = None, where: str | None = None) -> float:
