@@ -119,3 +119,76 @@ def test_bad_store_values_are_refused_before_any_work():
         validate(compose(["data.store=ram"]))
     with pytest.raises(ConfigError, match="stream.image_size=0 must be >= 1"):
         validate(compose(["stream.image_size=0"]))
+
+
+SCALE_STREAMS = {  # config -> (folder under data.root, classes per task, image size)
+    "tiny_imagenet": ("tiny-imagenet", None, None),
+    "imagenet_r": ("imagenet-r", None, 224),
+    "imagenet100_b0_inc10": ("imagenet100", None, 224),
+    "domainnet": ("domainnet", None, 224),
+}
+
+
+@pytest.mark.parametrize("stream", sorted(SCALE_STREAMS))
+def test_scale_streams_compose_and_name_the_layout_when_data_is_missing(tmp_path, stream):
+    """The founding papers' streams (for users who have the data) compose, and without the data a run says in one
+    line which folder it expected and how to lay it out."""
+    folder, _, size = SCALE_STREAMS[stream]
+    cfg = compose([f"stream={stream}", f"data.root={tmp_path}", "data.store=disk", "log.progress=false"])
+    assert cfg["stream"]["path"] == folder and cfg["stream"]["image_size"] == size
+    validate(cfg)
+    with pytest.raises(FileNotFoundError) as err:
+        run(cfg, tmp_path / "run")
+    text = str(err.value)
+    assert "\n" not in text and f"{tmp_path / folder}/train/<class>/" in text and cfg["stream"]["layout_help"] in text
+    if size is not None:  # images of many sizes: the in-memory path is refused before any data is read
+        with pytest.raises(ValueError, match="add data.store=disk"):
+            run(compose([f"stream={stream}", f"data.root={tmp_path}", "log.progress=false"]), tmp_path / "run2")
+
+
+def test_scale_stream_splits_and_class_orders(tmp_path):
+    """Each scale stream cuts its classes as its paper does: checked on a stand-in folder with the class count."""
+    from PIL import Image
+
+    expected = {"tiny_imagenet": (200, [20] * 10), "imagenet_r": (200, [20] * 10),
+                "imagenet100_b0_inc10": (100, [10] * 10), "domainnet": (345, [69] * 5)}
+    img = Image.fromarray(np.zeros((3, 4, 3), np.uint8))
+    for stream, (n_classes, sizes) in expected.items():
+        root = tmp_path / stream
+        cfg = compose([f"stream={stream}", f"data.root={root}", "data.store=disk", "stream.image_size=2"])
+        for split in ("train", "test"):
+            for c in range(n_classes):
+                (root / cfg["stream"]["path"] / split / f"n{c:04d}").mkdir(parents=True)
+                img.save(root / cfg["stream"]["path"] / split / f"n{c:04d}" / "a.png")
+        from clzoo.engine.runner import build_stream_from_config
+
+        s = build_stream_from_config(cfg)
+        assert [len(t.classes) for t in s.tasks] == sizes and s.input_shape == (3, 2, 2)
+        if stream == "imagenet100_b0_inc10":  # PyCIL / MEMO: np.random.seed(1993); permutation(100)
+            assert s.class_order == np.random.RandomState(1993).permutation(100).tolist()
+        else:
+            assert s.class_order == list(range(n_classes))
+
+
+AVALANCHE_NAMED = {"avalanche_core50": "CORe50", "avalanche_stream51": "CLStream51",
+                   "avalanche_split_tiny_imagenet": "SplitTinyImageNet", "avalanche_clear": "CLEAR",
+                   "avalanche_split_cifar100": "SplitCIFAR100"}
+
+
+@pytest.mark.parametrize("stream", sorted(AVALANCHE_NAMED))
+def test_named_avalanche_streams_compose_and_their_factories_take_their_args(stream):
+    """Issue 17's named Avalanche configs: each composes to its classic benchmark; where avalanche-lib is installed,
+    the factory exists and accepts the config's arguments (building them downloads data, which a test cannot)."""
+    import importlib.util
+    import inspect
+
+    cfg = compose([f"stream={stream}"])
+    assert cfg["stream"]["dataset"] == "avalanche" and cfg["stream"]["benchmark"] == AVALANCHE_NAMED[stream]
+    with pytest.raises(ValueError, match="data.store=disk reads image folders; an Avalanche stream"):
+        build_stream(**{k: v for k, v in cfg["stream"].items() if k != "augment"}, store="disk")
+    if importlib.util.find_spec("avalanche") is None:
+        return
+    from clzoo.interop.avalanche import resolve_factory
+
+    params = inspect.signature(resolve_factory(cfg["stream"]["benchmark"])).parameters
+    assert set(cfg["stream"]["args"]) <= set(params), f"{stream}: args the factory does not take"

@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,9 +57,15 @@ class StoredImages:
     dtype = torch.uint8
     device = torch.device("cpu")
 
-    def __init__(self, array: np.ndarray, rows: Tensor | None = None):
+    def __init__(self, array: np.ndarray, rows: Tensor | None = None, pixels: Tensor | None = None):
         self.array = array
         self.rows = torch.arange(len(array)) if rows is None else rows.long()
+        if pixels is None:  # a tensor over the map's pages, read-only: only ever read by index_select (a copy)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+                pixels = torch.from_numpy(array.view(np.ndarray)) if len(array) else torch.empty(array.shape,
+                                                                                                 dtype=torch.uint8)
+        self._pixels = pixels
 
     # ------------------------------------------------------------------ what costs no read
     @property
@@ -83,26 +90,14 @@ class StoredImages:
 
     def subset(self, index) -> "StoredImages":
         """The view of the samples at positions ``index`` (a tensor of positions or a boolean mask): no read."""
-        return StoredImages(self.array, self.rows[index])
+        return StoredImages(self.array, self.rows[index], self._pixels)
 
     # ------------------------------------------------------------------ reads
     def read(self, positions=None) -> Tensor:
-        """The images at ``positions`` (all when None), read from disk in file order, returned in the order asked."""
+        """The images at ``positions`` (all when None) as a new tensor, in the order asked: torch copies the rows
+        out of the map (pages not in memory are read from disk then), without holding the GIL."""
         rows = self.rows if positions is None else self.rows[torch.as_tensor(positions, dtype=torch.long).cpu()]
-        out = torch.empty((len(rows), *self.array.shape[1:]), dtype=torch.uint8)
-        if len(rows) == 0:
-            return out
-        order = torch.argsort(rows)
-        ordered = rows[order]
-        first, last = int(ordered[0]), int(ordered[-1])
-        if last - first + 1 == len(ordered):  # consecutive rows: one slice, no fancy indexing
-            block = torch.from_numpy(np.array(self.array[first:last + 1]))  # a copy: never a view of the map
-        else:
-            block = torch.from_numpy(self.array[ordered.numpy()])
-        if bool((order == torch.arange(len(order))).all()):
-            return block
-        out[order] = block
-        return out
+        return self._pixels.index_select(0, rows)
 
     def materialize(self) -> Tensor:
         """Every image of the view as one tensor (for methods that need the whole task at once)."""

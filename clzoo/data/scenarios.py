@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .disk_store import is_stored, take
-from .sources import Source, fingerprint, load_source
+from .sources import DataError, DatasetNotFoundError, Source, fingerprint, load_source
 
 SCENARIOS = ("class_il", "task_il", "domain_il")
 
@@ -215,6 +215,7 @@ def build_stream(
     store: str = "memory",
     store_dir=None,
     store_verify: bool = False,
+    layout_help: str | None = None,
     **_ignored,
 ) -> Stream:
     """Build a stream. ``source`` may be given directly (tests); otherwise ``dataset`` is loaded from ``root``.
@@ -240,8 +241,13 @@ def build_stream(
                                       **_ignored)
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
-    src = source or load_source(dataset, root, download, path, drop_empty_classes, store=store,
-                                store_dir=store_dir, image_size=image_size, store_verify=store_verify)
+    try:
+        src = source or load_source(dataset, root, download, path, drop_empty_classes, store=store,
+                                    store_dir=store_dir, image_size=image_size, store_verify=store_verify)
+    except (DatasetNotFoundError, DataError) as err:  # missing, or laid out otherwise: say how to arrange it
+        if not layout_help:
+            raise
+        raise type(err)(f"{err}. {layout_help}") from err
     gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
     n_classes = src.n_classes
     for split, y in (("train", src.y_train), ("test", src.y_test)):

@@ -107,7 +107,7 @@ def without_neutral_defaults(config: dict) -> dict:
 #: :func:`config_hash`, and so free to change on a resume. The CPU thread count is not among them (matrix products
 #: round differently with 1 and 2 threads): the hash gets the count in effect, see runner.run_config_hash.
 UNHASHED_KEYS = ("resume", "log", "hydra", "trainer.max_tasks", "trainer.device", "trainer.log_every",
-                 "trainer.eval_batch_size", "data.store_dir", "data.store_verify")
+                 "trainer.eval_batch_size", "data.store_dir", "data.store_verify", "stream.layout_help")
 
 
 def config_hash(config: dict) -> str:
