@@ -192,3 +192,12 @@ def test_named_avalanche_streams_compose_and_their_factories_take_their_args(str
 
     params = inspect.signature(resolve_factory(cfg["stream"]["benchmark"])).parameters
     assert set(cfg["stream"]["args"]) <= set(params), f"{stream}: args the factory does not take"
+
+
+@pytest.mark.parametrize("method", ["icarl", "ewc", "lwf", "joint"])
+def test_whole_task_methods_read_their_task_from_the_store(folder, tmp_path, method):
+    """Methods that use a whole task at once (herding, Fisher, distillation targets, keeping everything) read it
+    from the store's view and end where the in-memory run ends."""
+    mem = _run(folder, tmp_path, method, "memory", "budget.mb=1")
+    disk = _run(folder, tmp_path, method, "disk", "budget.mb=1")
+    assert disk["acc_matrix"] == mem["acc_matrix"]
