@@ -126,6 +126,8 @@ _TYPED = {
     "budget.count_model": ("bool", None, False),
     "budget.enforce": ("bool", None, False),
     "data.download": ("bool", None, False),
+    "data.store_verify": ("bool", None, False),
+    "stream.image_size": ("int", 1, True),
     "log.tensorboard": ("bool", None, False),
     "log.plots": ("bool", None, False),
     "log.progress": ("bool", None, False),
@@ -195,6 +197,10 @@ def validate(cfg: dict) -> None:
     if isinstance(fraction, (int, float)) and not 0 <= fraction < 1:
         raise ConfigError(f"trainer.validation_fraction={fraction} must be in [0, 1): the share of each class of "
                           "every task's training data held out for validation (0: none)")
+    store = (cfg.get("data") or {}).get("store", "memory")
+    if store not in ("memory", "disk"):
+        raise ConfigError(f"data.store={store} is not a store: use memory (one tensor in RAM, the default) or disk "
+                          f"(a memory-mapped store read in batches, for data larger than memory)")
     check_device((cfg.get("trainer") or {}).get("device", "auto"))
     from .engine.acceleration import check as check_acceleration
 

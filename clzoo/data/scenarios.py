@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .sources import Source, fingerprint, load_source
+from .disk_store import is_stored, take
+from .sources import DataError, DatasetNotFoundError, Source, fingerprint, load_source
 
 SCENARIOS = ("class_il", "task_il", "domain_il")
 
@@ -52,13 +53,13 @@ class Task:
         empty = torch.zeros(0, dtype=torch.long)
         if fraction == 0.0:
             return TrainingTask(self.id, list(self.classes), self.x_train, self.y_train,
-                                self.x_train[empty], self.y_train[empty])
+                                take(self.x_train, empty), self.y_train[empty])
         val = validation_split(self.y_train, fraction, seed * 1_000_003 + self.id)
         keep = torch.ones(len(self.y_train), dtype=torch.bool)
         keep[val] = False
         train = keep.nonzero().squeeze(1)
-        return TrainingTask(self.id, list(self.classes), self.x_train[train], self.y_train[train],
-                            self.x_train[val], self.y_train[val])
+        return TrainingTask(self.id, list(self.classes), take(self.x_train, train), self.y_train[train],
+                            take(self.x_train, val), self.y_train[val])
 
 
 def validation_split(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -210,6 +211,11 @@ def build_stream(
     path=None,
     drop_empty_classes: bool = False,
     source: Source | None = None,
+    image_size: int | None = None,
+    store: str = "memory",
+    store_dir=None,
+    store_verify: bool = False,
+    layout_help: str | None = None,
     **_ignored,
 ) -> Stream:
     """Build a stream. ``source`` may be given directly (tests); otherwise ``dataset`` is loaded from ``root``.
@@ -218,16 +224,30 @@ def build_stream(
     independent of the training seed). ``train_per_task`` / ``test_per_task`` take a seeded subset per task;
     ``train_per_class`` a seeded subset of that many training samples of every class (class-IL / task-IL), which
     keeps classes balanced when tasks differ in size.
+
+    ``store="disk"`` keeps the images on disk (:mod:`clzoo.data.disk_store`): the image folder is decoded once
+    into a memory-mapped store under ``store_dir`` (``image_size``: resized to that square size), and the tasks
+    hold lazy views of it that the engine reads in batches.
     """
     if dataset == "avalanche" and source is None:  # an Avalanche benchmark (stream=avalanche; imported only here)
         from ..interop.avalanche import build_avalanche_stream
+
+        if store != "memory":
+            raise StreamError(f"data.store={store} reads image folders; an Avalanche stream is converted to tensors "
+                              "in memory: use data.store=memory (or export the benchmark as an image folder)")
 
         return build_avalanche_stream(name=name, root=root, train_per_task=train_per_task,
                                       test_per_task=test_per_task, online=online, class_order_seed=class_order_seed,
                                       **_ignored)
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
-    src = source or load_source(dataset, root, download, path, drop_empty_classes)
+    try:
+        src = source or load_source(dataset, root, download, path, drop_empty_classes, store=store,
+                                    store_dir=store_dir, image_size=image_size, store_verify=store_verify)
+    except (DatasetNotFoundError, DataError) as err:  # missing, or laid out otherwise: say how to arrange it
+        if not layout_help:
+            raise
+        raise type(err)(f"{err}. {layout_help}") from err
     gen = torch.Generator().manual_seed(0 if class_order_seed is None else int(class_order_seed))
     n_classes = src.n_classes
     for split, y in (("train", src.y_train), ("test", src.y_test)):
@@ -236,6 +256,9 @@ def build_stream(
                               f"the class range 0..{n_classes - 1} of its {n_classes} class names")
 
     if scenario == "domain_il":
+        if is_stored(src.x_train):
+            raise StreamError("scenario=domain_il transforms every image up front, which a disk store cannot do; "
+                              "use data.store=memory for permuted / rotated streams")
         if domain_transform not in ("permute", "rotate"):
             raise StreamError("scenario=domain_il needs stream.domain_transform=permute or rotate")
         if not n_tasks or n_tasks < 1:
@@ -280,7 +303,8 @@ def build_stream(
                                    for c in cls]).sort().values
             in_tr = in_tr[_subsample(in_tr, train_per_task, gen)]
             in_te = in_te[_subsample(in_te, test_per_task, gen)]
-            tasks.append(Task(t, cls, src.x_train[in_tr], ytr_all[in_tr], src.x_test[in_te], yte_all[in_te]))
+            tasks.append(Task(t, cls, take(src.x_train, in_tr), ytr_all[in_tr], take(src.x_test, in_te),
+                              yte_all[in_te]))
 
     _check_tasks_have_data(tasks, src, order)
     return Stream(

@@ -382,6 +382,8 @@ def _decode_image(path: Path):
             return np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
         return "not an image Pillow can identify (corrupt, or another kind of file)"
+    except MemoryError:  # not the file's fault: the process is out of memory
+        raise
     except Exception as err:  # OSError("image file is truncated"), SyntaxError("broken PNG file"), ...
         return f"cannot be decoded ({err.__class__.__name__}: {err})"
 
@@ -393,8 +395,13 @@ def _decode_folder(listing: _Listing, split: str) -> tuple[Tensor, Tensor]:
     for label, name in enumerate(listing.classes):
         files += listing.files(split, name)
         labels += [label] * len(listing.entries[split][name])
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(_decode_image, files, chunksize=256))
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            images = list(pool.map(_decode_image, files, chunksize=256))
+    except MemoryError as err:
+        raise MemoryError(f"out of memory decoding the {len(files):,} images of {listing.path / split} into one "
+                          f"tensor; for data larger than memory use data.store=disk (decoded once into a "
+                          f"memory-mapped store, read in batches)") from err
     bad = [(p, im) for p, im in zip(files, images) if isinstance(im, str)]
     if bad:
         more = f" (and {len(bad) - 1} more damaged file(s))" if len(bad) > 1 else ""
@@ -486,13 +493,51 @@ SOURCES = {
 }
 
 
+#: the datasets data.store=disk reads: image folders (CIFAR in its image-folder layout)
+STORE_DATASETS = ("imagefolder", "cifar10", "cifar100")
+STORES = ("memory", "disk")
+
+
 def load_source(name: str, root: str | Path | None = None, download: bool = False, path=None,
-                drop_empty_classes: bool = False) -> Source:
+                drop_empty_classes: bool = False, store: str = "memory", store_dir=None,
+                image_size: int | None = None, store_verify: bool = False) -> Source:
     """Load dataset ``name`` (one of :data:`SOURCES`) from ``root`` as uint8 tensors.
 
     ``drop_empty_classes`` (image folders only) drops classes whose train/ or test/ folder holds no image instead
-    of failing."""
+    of failing. ``store="disk"``: the images stay on disk in a store under ``store_dir`` (default
+    ``<root>/.clzoo-store``; :func:`clzoo.data.disk_store.open_store`), resized to ``image_size`` when set."""
     if name not in SOURCES:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(SOURCES))}")
     root = Path(root).expanduser() if root else default_root()
+    if store not in STORES:
+        raise ValueError(f"data.store={store} is not a store; choose memory (the default: one tensor in memory) or "
+                         f"disk (a memory-mapped store for data larger than memory)")
+    if store == "disk":
+        return _load_into_store(name, root, path, drop_empty_classes, store_dir, image_size, store_verify)
+    if image_size is not None:
+        raise ValueError(f"stream.image_size={image_size} resizes images into a disk store: add data.store=disk "
+                         f"(or remove stream.image_size to read images at their own size)")
     return SOURCES[name](root, download, path, drop_empty_classes=bool(drop_empty_classes))
+
+
+def _load_into_store(name: str, root: Path, path, drop_empty_classes: bool, store_dir, image_size,
+                     verify: bool) -> Source:
+    from .disk_store import default_store_dir, open_store
+
+    if name not in STORE_DATASETS:
+        raise ValueError(f"data.store=disk reads image folders (stream.dataset={' | '.join(STORE_DATASETS)}); "
+                         f"{name} is small enough for memory: use data.store=memory")
+    if name == "imagefolder":
+        if path is None:
+            raise ValueError("stream.dataset=imagefolder needs stream.path=/path/to/folder holding train/ and test/")
+        folder = Path(path).expanduser()
+        folder = folder if folder.is_absolute() else root / folder
+    else:
+        folder = root / name
+        if not (folder / "train").is_dir():
+            raise DatasetNotFoundError(f"data.store=disk reads {name} as an image folder: expected "
+                                       f"{folder}/{{train,test}}/<class>/*.png (see {README_DATA})")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"stream.image_size={image_size} is not a size in pixels (e.g. stream.image_size=224)")
+    return open_store(folder, name, store_dir or default_store_dir(root), image_size, bool(verify),
+                      bool(drop_empty_classes))

@@ -91,6 +91,10 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("trainer", "compile"): False,
     ("trainer", "channels_last"): False,
     ("trainer", "cudnn_benchmark"): False,
+    # data larger than memory (clzoo/data/disk_store.py)
+    ("data", "store"): "memory",
+    ("stream", "image_size"): None,
+    ("stream", "layout_help"): None,   # also unhashed (UNHASHED_KEYS); here for the leaderboard's own hash
 }
 
 
@@ -110,7 +114,7 @@ def without_neutral_defaults(config: dict) -> dict:
 #: :func:`config_hash`, and so free to change on a resume. The CPU thread count is not among them (matrix products
 #: round differently with 1 and 2 threads): the hash gets the count in effect, see runner.run_config_hash.
 UNHASHED_KEYS = ("resume", "log", "hydra", "trainer.max_tasks", "trainer.device", "trainer.log_every",
-                 "trainer.eval_batch_size")
+                 "trainer.eval_batch_size", "data.store_dir", "data.store_verify", "stream.layout_help")
 
 
 def config_hash(config: dict) -> str:

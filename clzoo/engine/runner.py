@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import BatchTransform, build_stream
+from ..data.disk_store import is_stored
 from ..memory.ledger import Budget, measure
 from ..methods.base import RunContext, StreamInfo, check_losses_finite, check_parameters_finite
 from ..models import ContinualModel, mask_logits
@@ -78,7 +79,20 @@ def build_stream_from_config(cfg: dict):
     stream_cfg = {k: v for k, v in cfg["stream"].items() if k != "augment"}
     data = cfg.get("data", {})
     return build_stream(**stream_cfg, root=data.get("root"), download=data.get("download", False),
-                        drop_empty_classes=data.get("drop_empty_classes", False))
+                        drop_empty_classes=data.get("drop_empty_classes", False), store=data.get("store") or "memory",
+                        store_dir=data.get("store_dir"), store_verify=bool(data.get("store_verify", False)))
+
+
+def eval_batches(x_all, y_all, batch_size: int, device):
+    """``(x, y)`` on ``device``, ``batch_size`` at a time, in order: slices of an in-memory tensor, or reads of a
+    disk store (:class:`~clzoo.data.disk_store.StoredImages`) prefetched in a background thread."""
+    if is_stored(x_all):
+        batches = x_all.batches(torch.arange(len(y_all)), batch_size, y_all, pin_memory=device.type == "cuda")
+        for x, y in batches:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    for i in range(0, len(y_all), batch_size):
+        yield x_all[i:i + batch_size].to(device, non_blocking=True), y_all[i:i + batch_size].to(device, non_blocking=True)
 
 
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
@@ -103,9 +117,8 @@ def evaluate(method, stream, after_task: int | None, device, batch_size: int = 1
     for task in stream.tasks:
         x_all, y_all = task.x_test, task.y_test
         correct_cil = correct_til = 0
-        for i in range(0, len(y_all), batch_size):
-            x = method.preprocess(x_all[i:i + batch_size].to(device, non_blocking=True))
-            y = y_all[i:i + batch_size].to(device, non_blocking=True)
+        for x, y in eval_batches(x_all, y_all, batch_size, device):
+            x = method.preprocess(x)
             logits = method(x, task_id=None)  # task-agnostic
             logits_til = method(x, task_id=task.id) if oracle else logits
             # counts stay on the device: one host read per task's test set, not one per batch
@@ -153,7 +166,9 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
     bs = int(trainer["batch_size"])
     log_every = max(int(trainer.get("log_every", 10)), 1)
     x_all, y_all = method.training_data(task)
-    x_all, y_all = x_all.to(device), y_all.to(device)
+    # a disk store's images stay on disk: each epoch's batches are read in the background (pinned on CUDA)
+    stored = is_stored(x_all)
+    x_all, y_all = (x_all, y_all.cpu()) if stored else (x_all.to(device), y_all.to(device))
     n = len(y_all)
     steps_per_epoch = (n + bs - 1) // bs
     bar = tqdm(total=epochs * steps_per_epoch, desc=f"task {task.id}", disable=None if show_progress else True,
@@ -174,9 +189,15 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, device=device)
+            batches = x_all.batches(order, bs, y_all, pin_memory=device.type == "cuda") if stored else None
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = method.observe(x_all.index_select(0, idx), y_all.index_select(0, idx), task_arg)
+                if stored:
+                    x, y = next(batches)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                else:
+                    x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
+                loss = method.observe(x, y, task_arg)
                 loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
                 recent.append(loss)
@@ -197,6 +218,8 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                                         samples_s=f"{seen / (time.perf_counter() - started):.0f}", epoch=epoch)
                 if show_progress and lines is None:
                     bar.update(1)
+            if batches is not None:
+                batches.close()
             check_losses_finite(recent, task.id, progress["step"] - len(recent))
             method.end_epoch()
     finally:
