@@ -199,7 +199,8 @@ def _execute(entry: dict, echo=None) -> dict:
     label = f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
     started = time.perf_counter()
     with open(run_dir / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {entry['command']}", flush=True)
+        # the process id shows which runs shared a worker process (the joblib launcher reuses its workers)
+        print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} {entry['command']}", flush=True)
         try:
             cfg["resume"] = latest_checkpoint(run_dir) is not None  # an interrupted run continues
             try:
