@@ -195,7 +195,8 @@ def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, sh
             order = torch.randperm(n, device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
-                loss = yield method, x_all.index_select(0, idx), y_all.index_select(0, idx), task_arg, b + 1 == steps_per_epoch
+                loss = yield (method, x_all.index_select(0, idx), y_all.index_select(0, idx), task_arg,
+                              b + 1 == steps_per_epoch)
                 loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
                 recent.append(loss)

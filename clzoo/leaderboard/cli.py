@@ -2,6 +2,7 @@
 
     clzoo-leaderboard run experiments/seq_mnist.yaml -j 2 --data-root ~/data   # fill the missing runs
     clzoo-leaderboard run experiments/seq_mnist.yaml --only der derpp --dry-run  # what would run
+    clzoo-leaderboard run experiments/seq_mnist.yaml --batch-seeds --runs /tmp/runs  # seeds trained together
     clzoo-leaderboard build                                                       # leaderboard/ from the runs
     clzoo-leaderboard build --strict                                              # ... failing if a run is left out
     clzoo-leaderboard digest leaderboard/runs        # add the digest of their numbers to runs written without one
