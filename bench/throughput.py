@@ -79,7 +79,7 @@ def fixed(args) -> None:
         for i in range(4):
             if i == 3:
                 cache.clear_memo()
-            with Timer() as t:
+            with Timer() as t, contextlib.redirect_stdout(io.StringIO()):  # not the run's own summary
                 res = runner.run(cfg, Path(d) / f"r{i}", show_progress=False)
             what = "first in this process" if i == 0 else ("memo cleared" if i == 3 else "again, same process")
             print(f"tiny run {i} ({what}): {t.wall:.2f} s wall, {t.cpu:.2f} s CPU; of which training "
