@@ -119,7 +119,7 @@ def bare_run(x, y, case: str, n_tasks: int) -> tuple[float, float, int]:
 # ------------------------------------------------------------------------------------------------ clzoo
 def clzoo_run(case: str, n_tasks: int, data_root: str) -> tuple[float, float, int]:
     """``clzoo.engine.run`` on the case; returns (wall seconds, CPU seconds, steps) spent in its step loops
-    (``train_task``, the span the bare loop times; the optimizer rebuild and task hooks are outside it)."""
+    (``train_task_steps``, the span the bare loop times; the optimizer rebuild and task hooks are outside it)."""
     from clzoo.config import compose
     from clzoo.engine import runner
 
@@ -128,22 +128,22 @@ def clzoo_run(case: str, n_tasks: int, data_root: str) -> tuple[float, float, in
                    f"method.buffer.capacity={BUFFER}", f"method.minibatch_size={mb}", f"trainer.max_tasks={n_tasks}",
                    "trainer.num_threads=1", "log.progress=false", "log.plots=false", f"data.root={data_root}", *extra])
     spent = [0.0, 0.0]
-    train_task = runner.train_task
+    train_task_steps = runner.train_task_steps
 
     def timed_train_task(*args, **kwargs):
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            return train_task(*args, **kwargs)
+            return (yield from train_task_steps(*args, **kwargs))
         finally:
             spent[0] += time.perf_counter() - t0
             spent[1] += time.process_time() - c0
 
-    runner.train_task = timed_train_task
+    runner.train_task_steps = timed_train_task
     try:
         with tempfile.TemporaryDirectory() as d:
             res = runner.run(cfg, d, show_progress=False)
     finally:
-        runner.train_task = train_task
+        runner.train_task_steps = train_task_steps
     steps = sum(math.ceil(n / bs) for n in res["stream"]["train_sizes"][:n_tasks])
     return spent[0], spent[1], steps
 

@@ -791,7 +791,18 @@ def write_results(path: Path, results: list[dict], args, env: dict, summary: str
             parts = (["; ".join(timed)] if timed else []) + (["accuracy only: " + ", ".join(untimed)] if untimed else [])
             lines.append(f"  - {s}: " + " | ".join(parts))
     lines += ["", "```", summary, "```", ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_sections(path))
+
+
+#: sections of RESULTS.md that other benchmarks write (bench/throughput.py): kept when this table is rewritten
+KEPT_HEADINGS = ("## Leaderboard throughput",)
+
+
+def kept_sections(path: Path) -> str:
+    """The part of the existing file from the first heading in :data:`KEPT_HEADINGS` on ("" when none)."""
+    old = path.read_text() if path.is_file() else ""
+    starts = [i for h in KEPT_HEADINGS if (i := old.find("\n" + h)) >= 0]
+    return old[min(starts):] if starts else ""
 
 
 def environment(sources: dict, started: float, device: str = "cpu") -> dict:

@@ -157,8 +157,33 @@ def _write_losses(writer, pending: list) -> None:
     pending.clear()
 
 
+def drive(steps):
+    """Run a step generator (:func:`train_task_steps`, :func:`run_steps`) to its end, answering every step it yields,
+    ``(method, x, y, task_id, last_of_epoch)``, with ``method.observe(x, y, task_id)``; returns its return value.
+    :mod:`clzoo.engine.seed_group` answers the steps of several seeds together instead."""
+    try:
+        request = next(steps)
+        while True:
+            try:
+                loss = request[0].observe(*request[1:4])
+            except BaseException as err:  # raised where the step was asked for, so the loop's cleanup runs
+                request = steps.throw(err)
+                continue
+            request = steps.send(loss)
+    except StopIteration as stop:
+        return stop.value
+
+
 def train_task(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool,
                anytime: "online.Anytime | None" = None) -> None:
+    """Train ``method`` on ``task`` (every epoch of its batches through ``observe``)."""
+    drive(train_task_steps(method, task, cfg, device, writer, progress, show_progress, anytime))
+
+
+def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, show_progress: bool,
+                     anytime: "online.Anytime | None" = None):
+    """:func:`train_task` as a generator: yields each step as ``(method, x, y, task_id, last_of_epoch)`` and takes
+    the loss ``method.observe(x, y, task_id)`` returned back (see :func:`drive`)."""
     trainer = cfg["trainer"]
     # task-free: the method is not told which task a batch belongs to (engine/online.py)
     task_arg = None if online.is_task_free(cfg) else task.id
@@ -197,7 +222,7 @@ def train_task(method, task, cfg: dict, device, writer, progress: dict, show_pro
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 else:
                     x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
-                loss = method.observe(x, y, task_arg)
+                loss = yield (method, x, y, task_arg, b + 1 == steps_per_epoch)
                 loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
                 step = progress["step"]
                 recent.append(loss)
@@ -307,10 +332,12 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, obser
     around = Acceleration.from_trainer(trainer).around_run(resolve_device(trainer.get("device", "auto")))
     with run_dir_lock(run_dir), around:
         prepare_run_dir(run_dir)
-        return _run(cfg, run_dir, show_progress, observer)
+        return drive(run_steps(cfg, run_dir, show_progress, observer))
 
 
-def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) -> dict:
+def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None):
+    """The body of :func:`run` (the caller validates the config and holds the folder's lock) as a generator of
+    training steps (see :func:`drive`); returns the results dict."""
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
@@ -396,7 +423,7 @@ def _run(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None) ->
             seen_task = task.training_view(getattr(method, "validation_fraction", 0.0), seed)
             online.enter_task(method, seen_task, task_free)
             check_parameters_finite(method, task.id, "after begin_task")
-            train_task(method, seen_task, cfg, device, writer, progress, show_progress, anytime)
+            yield from train_task_steps(method, seen_task, cfg, device, writer, progress, show_progress, anytime)
             online.leave_task(method, seen_task, task_free)
             check_parameters_finite(method, task.id, "after end_task")
             progress.setdefault("task_end_samples", []).append(progress.get("samples", 0))

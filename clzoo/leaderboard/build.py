@@ -74,7 +74,8 @@ def run_values(results: dict, settings: list[str], input_bytes: int | None,
     out["memory_bytes"] = float(extra_bytes(results))
     out["total_bytes"] = float(results["memory"]["total_bytes"])
     out["exemplars"] = (results["memory"]["by_category"].get("exemplars", 0) / input_bytes) if input_bytes else math.nan
-    out["train_s"] = float(results["time"]["train_s"])
+    # seeds trained together (--batch-seeds) each timed the whole group's steps: the run's share is 1/len
+    out["train_s"] = float(results["time"]["train_s"]) / len((results.get("leaderboard") or {}).get("batched_seeds") or [0])
     return out
 
 

@@ -2,6 +2,7 @@
 
     clzoo-leaderboard run experiments/seq_mnist.yaml -j 2 --data-root ~/data   # fill the missing runs
     clzoo-leaderboard run experiments/seq_mnist.yaml --only der derpp --dry-run  # what would run
+    clzoo-leaderboard run experiments/seq_mnist.yaml --batch-seeds --runs /tmp/runs  # seeds trained together
     clzoo-leaderboard build                                                       # leaderboard/ from the runs
     clzoo-leaderboard build --strict                                              # ... failing if a run is left out
     clzoo-leaderboard digest leaderboard/runs        # add the digest of their numbers to runs written without one
@@ -53,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
                                                     "ray...); default: joblib when -j > 1, else in this process")
     r.add_argument("--hydra", action="append", default=[], metavar="OVERRIDE",
                    help="extra Hydra override for the multirun, e.g. hydra.launcher.partition=cpu (repeatable)")
+    r.add_argument("--batch-seeds", action="store_true",
+                   help="train the seeds of a cell together in one process, as one stacked model, where the method "
+                        "allows it (fine-tuning and ER on an MLP, on CPU; numbers identical to separate runs); "
+                        "other cells run their seeds separately and say why")
     r.add_argument("--dry-run", action="store_true", help="list the runs and their status, run nothing")
 
     b = sub.add_parser("build", help="regenerate leaderboard/ from the runs")
@@ -110,6 +115,10 @@ def cmd_run(args) -> int:
     command = "clzoo-leaderboard " + " ".join(shlex.quote(a) for a in args.argv)
     threads = args.threads or 1
     entries = [job_entry(p, threads, args.device, command) for p in todo]
+    if args.batch_seeds:
+        from .runs import group_by_cell
+
+        entries = group_by_cell(entries)
     warm_data(todo)
     launch(entries, args.jobs, args.launcher, args.hydra)
     after = Counter(run_status(p.run_dir, p.hash) for p in todo)

@@ -164,8 +164,15 @@ def _clear(run_dir: Path) -> None:
 
 def execute(entry: dict, echo=None) -> dict:
     """Run one job into its folder, holding the folder's lock; never raises (a failure leaves ``error.txt``,
-    except when another process holds the folder: then nothing there is touched). Returns a short summary."""
+    except when another process holds the folder: then nothing there is touched). Returns a short summary.
+    A group entry (``--batch-seeds``, :func:`group_by_cell`) runs its seeds together; its summary lists theirs."""
     from ..engine.lock import RunDirBusyError, run_dir_lock
+
+    if "group" in entry:
+        runs = execute_group(entry["group"], echo)
+        failed = [r for r in runs if r["status"] == "failed"]
+        return {"label": f"{entry['suite']}/{entry['cell']}", "status": "failed" if failed else "complete",
+                "runs": runs, "seconds": max(r["seconds"] for r in runs)}
 
     try:
         with run_dir_lock(entry["run_dir"]):
@@ -176,11 +183,9 @@ def execute(entry: dict, echo=None) -> dict:
         return {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}", "seconds": 0.0}
 
 
-def _execute(entry: dict, echo=None) -> dict:
+def _prepare(entry: dict) -> tuple[Path, dict, int | None, str]:
+    """Clear a fresh run's folder, and the configuration it runs with: (folder, config, threads, label)."""
     import torch
-
-    from ..engine.checkpoint import atomic_write_text, latest_checkpoint
-    from ..engine.runner import ResumeError, resolve_device, run
 
     run_dir = Path(entry["run_dir"])
     if entry.get("fresh"):
@@ -196,10 +201,59 @@ def _execute(entry: dict, echo=None) -> dict:
     if threads:
         torch.set_num_threads(int(threads))
         cfg["trainer"]["num_threads"] = int(threads)
-    label = f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
+    return run_dir, cfg, threads, f"{entry['suite']}/{entry['cell']}/seed{entry['seed']}"
+
+
+def _log_header(log, entry: dict) -> None:
+    # the process id shows which runs shared a worker process (the joblib launcher reuses its workers)
+    print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} {entry['command']}", file=log, flush=True)
+
+
+def _failed(run_dir: Path, label: str, err: BaseException, started: float, echo) -> dict:
+    from ..engine.checkpoint import atomic_write_text
+
+    text = "".join(traceback.format_exception(err))
+    atomic_write_text(run_dir / "error.txt", f"{type(err).__name__}: {err}\n\n{text}")
+    summary = {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}",
+               "seconds": time.perf_counter() - started}
+    _echo(echo, f"FAILED {label}: {summary['error']} (see {run_dir / 'error.txt'})")
+    return summary
+
+
+def _record(entry: dict, run_dir: Path, cfg: dict, threads, label: str, results: dict, started: float, echo,
+            batched_seeds: list[int] | None = None) -> dict:
+    """Write the run's results.json with its leaderboard entry and digest; drop its checkpoints when complete."""
+    import torch
+
+    from ..engine.runner import resolve_device
+
+    results["leaderboard"] = {"suite": entry["suite"], "cell": entry["cell"], "config_hash": entry["hash"],
+                              "threads": threads or torch.get_num_threads(),
+                              "device": str(resolve_device(cfg["trainer"].get("device", "auto"))),
+                              "command": entry["command"],
+                              # trained together with these seeds (clzoo.engine.seed_group; identical numbers)
+                              **({"batched_seeds": batched_seeds} if batched_seeds else {})}
+    results[DIGEST_KEY] = numbers_digest(results)
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    if results.get("status") == "complete":
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    m = results["metrics"]
+    summary = {"label": label, "status": results.get("status"), "seconds": time.perf_counter() - started,
+               "final_acc": m["final_acc"], "final_acc_task_il": m["final_acc_task_il"]}
+    _echo(echo, f"done {label}: final accuracy {100 * m['final_acc']:.2f}% class-IL, "
+                f"{100 * m['final_acc_task_il']:.2f}% task-IL ({summary['seconds']:.1f} s)"
+                + (f" [seeds {batched_seeds} batched]" if batched_seeds else ""))
+    return summary
+
+
+def _execute(entry: dict, echo=None) -> dict:
+    from ..engine.checkpoint import latest_checkpoint
+    from ..engine.runner import ResumeError, run
+
+    run_dir, cfg, threads, label = _prepare(entry)
     started = time.perf_counter()
     with open(run_dir / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {entry['command']}", flush=True)
+        _log_header(log, entry)
         try:
             cfg["resume"] = latest_checkpoint(run_dir) is not None  # an interrupted run continues
             try:
@@ -211,25 +265,71 @@ def _execute(entry: dict, echo=None) -> dict:
                 results = run(cfg, run_dir, show_progress=False)
         except Exception as err:  # noqa: BLE001 - recorded, reported by the caller; other runs go on
             traceback.print_exc(file=log)
-            atomic_write_text(run_dir / "error.txt", f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
-            summary = {"label": label, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                       "seconds": time.perf_counter() - started}
-            _echo(echo, f"FAILED {label}: {summary['error']} (see {run_dir / 'error.txt'})")
-            return summary
-    results["leaderboard"] = {"suite": entry["suite"], "cell": entry["cell"], "config_hash": entry["hash"],
-                              "threads": threads or torch.get_num_threads(),
-                              "device": str(resolve_device(cfg["trainer"].get("device", "auto"))),
-                              "command": entry["command"]}
-    results[DIGEST_KEY] = numbers_digest(results)
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
-    if results.get("status") == "complete":
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    m = results["metrics"]
-    summary = {"label": label, "status": results.get("status"), "seconds": time.perf_counter() - started,
-               "final_acc": m["final_acc"], "final_acc_task_il": m["final_acc_task_il"]}
-    _echo(echo, f"done {label}: final accuracy {100 * m['final_acc']:.2f}% class-IL, "
-                f"{100 * m['final_acc_task_il']:.2f}% task-IL ({summary['seconds']:.1f} s)")
-    return summary
+            return _failed(run_dir, label, err, started, echo)
+    return _record(entry, run_dir, cfg, threads, label, results, started, echo)
+
+
+# ------------------------------------------------------------------------------------------- batched seeds
+def group_by_cell(entries: list[dict]) -> list[dict]:
+    """``--batch-seeds``: the entries with the runs of each cell that can be batched
+    (:func:`clzoo.engine.seed_group.why_not_batched`) and start from scratch gathered into one group entry
+    ``{"group": [...]}``; every other run stays an entry of its own (a cell that cannot be batched says why)."""
+    from ..engine.seed_group import why_not_batched
+
+    out, cells, said = [], {}, set()
+    for e in entries:
+        cells.setdefault((e["suite"], e["cell"]), []).append(e)
+    for (suite, cell), members in cells.items():
+        reason = why_not_batched(members[0]["config"]) if len(members) > 1 else "one seed to run"
+        resumable = [e for e in members if not e.get("fresh") and _has_checkpoint(e)]
+        fresh = [e for e in members if e not in resumable]
+        if reason is None and len(fresh) > 1:
+            out.append({"group": fresh, "suite": suite, "cell": cell})
+            out.extend(resumable)
+        else:
+            if reason and reason != "one seed to run" and (suite, cell) not in said:
+                said.add((suite, cell))
+                _echo(None, f"{suite}/{cell}: seeds run separately: {reason}")
+            out.extend(members)
+    return out
+
+
+def _has_checkpoint(entry: dict) -> bool:
+    from ..engine.checkpoint import latest_checkpoint
+
+    return Path(entry["run_dir"]).is_dir() and latest_checkpoint(Path(entry["run_dir"])) is not None
+
+
+def execute_group(entries: list[dict], echo=None) -> list[dict]:
+    """Run the seeds ``entries`` of one cell together (:func:`clzoo.engine.seed_group.run_seed_group`), each into
+    its own folder with its own run.log, results.json and digest, as :func:`execute` writes them."""
+    from ..engine.lock import RunDirBusyError, run_dir_lock
+    from ..engine.seed_group import run_seed_group
+
+    with contextlib.ExitStack() as stack:
+        try:
+            for e in entries:
+                stack.enter_context(run_dir_lock(e["run_dir"]))
+        except RunDirBusyError:  # another process holds one of them: each seed on its own, as without grouping
+            stack.close()
+            return [execute(e, echo) for e in entries]
+        prepared = [_prepare(e) for e in entries]
+        logs = [stack.enter_context(open(run_dir / "run.log", "a")) for run_dir, *_ in prepared]
+        for log, e in zip(logs, entries):
+            _log_header(log, e)
+        seeds = [int(e["seed"]) for e in entries]
+        started = time.perf_counter()
+        cfgs = [{**cfg, "resume": False} for _, cfg, _, _ in prepared]
+        with contextlib.redirect_stderr(logs[0]):
+            outcomes = run_seed_group(cfgs, [run_dir for run_dir, *_ in prepared], logs)
+        summaries = []
+        for e, (run_dir, cfg, threads, label), log, got in zip(entries, prepared, logs, outcomes):
+            if isinstance(got, BaseException):
+                traceback.print_exception(got, file=log)
+                summaries.append(_failed(run_dir, label, got, started, echo))
+            else:
+                summaries.append(_record(e, run_dir, cfg, threads, label, got, started, echo, seeds))
+        return summaries
 
 
 def _echo(echo, line: str) -> None:
@@ -247,7 +347,8 @@ def launch(entries: list[dict], n_jobs: int = 1, launcher: str | None = None, hy
             execute(entry, echo)
         return
     launcher = launcher or "joblib"
-    launch_dir = Path(launch_dir or Path(entries[0]["run_dir"]).parents[1] / "_launch" / time.strftime("%Y%m%d-%H%M%S"))
+    first = entries[0]["group"][0] if "group" in entries[0] else entries[0]
+    launch_dir = Path(launch_dir or Path(first["run_dir"]).parents[1] / "_launch" / time.strftime("%Y%m%d-%H%M%S"))
     launch_dir = launch_dir.resolve()
     launch_dir.mkdir(parents=True, exist_ok=True)
     plan_path = launch_dir / "plan.json"

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
+from ..parts.seed_stack import grouped_cross_entropy_step
 from ..registry import register_method
 
 
@@ -23,11 +24,30 @@ class ER(Method):
         self.buffer = self.make_buffer(buffer)
 
     def observe(self, x, y, task_id):
+        inputs, labels = self.with_replay(x, y)
+        loss = self.step(F.cross_entropy(self.model(inputs), labels))
+        self.buffer.add(x, y, task_id)
+        return loss
+
+    def with_replay(self, x, y):
+        """The step's network input and labels: the incoming batch, then a batch drawn from the buffer."""
         inputs, labels = self.augment(x), y
         if not self.buffer.is_empty:
             replay = self.buffer.sample(self.minibatch_size)
             inputs = torch.cat([inputs, self.augment(replay.x)])
             labels = torch.cat([labels, replay.y])
-        loss = self.step(F.cross_entropy(self.model(inputs), labels))
-        self.buffer.add(x, y, task_id)
-        return loss
+        return inputs, labels
+
+    @classmethod
+    def observe_group(cls, members, xs, ys, task_id, rng):
+        """:meth:`observe` of several seeds' methods at once (clzoo.engine.seed_group); ``rng(i)`` is the context
+        in which member ``i`` draws random numbers (its own generator state)."""
+        batches = []
+        for i, (m, x, y) in enumerate(zip(members, xs, ys)):
+            with rng(i):
+                batches.append(m.with_replay(x, y))
+        losses = grouped_cross_entropy_step(members, [b[0] for b in batches], [b[1] for b in batches])
+        for i, (m, x, y) in enumerate(zip(members, xs, ys)):
+            with rng(i):
+                m.buffer.add(x, y, task_id)
+        return losses
