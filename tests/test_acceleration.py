@@ -162,16 +162,16 @@ def test_no_host_read_per_training_step(tmp_path, monkeypatch, method):
     counted on CPU with the device-side reservoir (what an accelerator runs)."""
     monkeypatch.setattr(ReplayBuffer, "_decide_on_host", False)
     counts = []
-    original = runner.train_task
+    original = runner.train_task_steps
 
-    def counted(method_, task, cfg, device, writer, progress, *args, **kwargs):
+    def counted(method_, task, cfg, device, writer, progress, *args, **kwargs):  # the steps and their observe calls
         counters = [getattr(m, n) for m in method_.modules() if isinstance(m, ReplayBuffer) for n in m.HOST_COUNTERS]
         before = progress["step"]
         with HostReads(exempt=counters) as reads:
-            original(method_, task, cfg, device, writer, progress, *args, **kwargs)
+            yield from original(method_, task, cfg, device, writer, progress, *args, **kwargs)
         counts.append((progress["step"] - before, len(reads.calls), reads.calls))
 
-    monkeypatch.setattr(runner, "train_task", counted)
+    monkeypatch.setattr(runner, "train_task_steps", counted)
     run_tiny(tmp_path, f"method={method}", "log.tensorboard=true", "trainer.log_every=1", "trainer.batch_size=5",
              "method.buffer.capacity=50")
     steps = sum(c[0] for c in counts)
@@ -208,21 +208,21 @@ def test_buffer_counters_stay_on_the_host():
 @pytest.mark.parametrize("method", ["er", "der", "derpp"])
 def test_cuda_step_loop_does_not_synchronise(tmp_path, monkeypatch, method):
     counts = []
-    original = runner.train_task
+    original = runner.train_task_steps
 
-    def counted(method_, task, cfg, device, writer, progress, *args, **kwargs):
+    def counted(method_, task, cfg, device, writer, progress, *args, **kwargs):  # the steps and their observe calls
         before = progress["step"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                original(method_, task, cfg, device, writer, progress, *args, **kwargs)
+                yield from original(method_, task, cfg, device, writer, progress, *args, **kwargs)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchronizing" in str(w.message)]
         counts.append((progress["step"] - before, len(syncs)))
 
-    monkeypatch.setattr(runner, "train_task", counted)
+    monkeypatch.setattr(runner, "train_task_steps", counted)
     run_tiny(tmp_path, f"method={method}", "trainer.device=cuda")
     steps, syncs = sum(c[0] for c in counts), sum(c[1] for c in counts)
     # the checks every CHECK_EVERY steps, and a few per task (the epoch-end check, moving the task's data)
