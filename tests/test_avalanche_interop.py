@@ -67,6 +67,31 @@ def test_config_stream_is_converted_once_and_cached(tmp_path):
     assert all(torch.equal(s.x_train, t.x_train) for s, t in zip(a.tasks, b.tasks))
 
 
+def test_benchmark_decoded_once_into_the_disk_store_trains_like_memory(tmp_path):
+    """data.store=disk: the benchmark is written once into the memory-mapped store (one split per experience),
+    the tasks stay on disk, the data digest is the in-memory path's, and ER trains to the same numbers."""
+    from clzoo.config import compose
+    from clzoo.data.disk_store import is_stored
+    from clzoo.engine.runner import build_stream_from_config, run
+
+    common = ["stream=avalanche", f"stream.benchmark={__name__}.digits_benchmark", "stream.name=avl",
+              "method=er", "method.buffer.capacity=40", "trainer.epochs=1", "trainer.max_tasks=2",
+              "log.progress=false", "log.tensorboard=false"]
+    memory = compose(common + [f"data.root={tmp_path / 'mem'}"])
+    disk = compose(common + [f"data.root={tmp_path / 'disk'}", "data.store=disk"])
+    before = CALLS["n"]
+    a, b = build_stream_from_config(memory), build_stream_from_config(disk)
+    again = build_stream_from_config(disk)  # the complete store is reused: the factory is not called again
+    assert CALLS["n"] == before + 2 and len(list((tmp_path / "disk" / ".clzoo-store").glob("avalanche-*"))) == 1
+    assert all(is_stored(t.x_train) and is_stored(t.x_test) for t in b.tasks)
+    assert a.info["data_fingerprint"] == b.info["data_fingerprint"] == again.info["data_fingerprint"]
+    for s, t in zip(a.tasks, b.tasks):
+        assert s.classes == t.classes and torch.equal(s.x_train, t.x_train[:]) and torch.equal(s.y_test, t.y_test)
+    ra, rb = run(memory, tmp_path / "run_mem"), run(disk, tmp_path / "run_disk")
+    assert ra["acc_matrix"] == rb["acc_matrix"]
+    assert rb["memory"]["total_bytes"] == ra["memory"]["total_bytes"]
+
+
 def test_unknown_benchmark_is_one_line():
     from clzoo.data import StreamError
     from clzoo.interop.avalanche import resolve_factory

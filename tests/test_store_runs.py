@@ -184,7 +184,7 @@ def test_named_avalanche_streams_compose_and_their_factories_take_their_args(str
 
     cfg = compose([f"stream={stream}"])
     assert cfg["stream"]["dataset"] == "avalanche" and cfg["stream"]["benchmark"] == AVALANCHE_NAMED[stream]
-    with pytest.raises(ValueError, match="data.store=disk reads image folders; an Avalanche stream"):
+    with pytest.raises(ValueError, match="data.store=disk needs a folder for the store: set data.root"):
         build_stream(**{k: v for k, v in cfg["stream"].items() if k != "augment"}, store="disk")
     if importlib.util.find_spec("avalanche") is None:
         return

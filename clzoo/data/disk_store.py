@@ -249,13 +249,15 @@ def _npy_data_offset(path: Path) -> int:
 
 def _hash_files(out: Path, manifest: dict) -> None:
     """SHA-256 of every file (``sha256_x`` / ``sha256_y``) and of the decoded data (``content_sha256``, the
-    digest the in-memory path computes for the same images: :func:`clzoo.data.cache.content_digest`), in one read."""
+    digest the in-memory path computes for the same images: :func:`clzoo.data.cache.content_digest` of the tensors
+    ``x_<split>`` / ``y_<split>`` with the manifest's ``extra``, or its class names), in one read."""
     tensors = {}
     for split, entry in manifest["splits"].items():
         tensors[f"x_{split}"] = ("uint8", [entry["n"], *entry["shape"]], out / entry["x"], entry, "x")
         tensors[f"y_{split}"] = ("int64", [entry["n"]], out / entry["y"], entry, "y")
     order = [k for s in manifest["splits"] for k in (f"x_{s}", f"y_{s}")]
-    meta = {"class_names": manifest["class_names"], "tensors": [[k, tensors[k][0], tensors[k][1]] for k in order]}
+    described = manifest["extra"] if "extra" in manifest else {"class_names": manifest["class_names"]}
+    meta = {**described, "tensors": [[k, tensors[k][0], tensors[k][1]] for k in order]}
     content = hashlib.sha256(cache._canonical(meta))
     for key in order:
         _, _, path, entry, which = tensors[key]
@@ -298,6 +300,21 @@ def build_store(image_folder, out, size: int | None = None, splits=("train", "te
     src, out = Path(image_folder).expanduser(), Path(out).expanduser()
     listing = _Listing(src, drop_empty_classes)
     options = {"source": str(src.resolve()), "size": size, "splits": list(splits), "listing": listing.fingerprint()}
+    writers = {split: (lambda folder, split=split: _build_split(listing, split, folder, size)) for split in splits}
+    return build_store_from(out, options, list(listing.classes), writers)
+
+
+def is_complete(out, options: dict) -> bool:
+    """Whether ``out`` holds a complete store built with ``options`` (cheap: sizes only, no checksum)."""
+    return _valid(Path(out).expanduser(), options) is not None
+
+
+def build_store_from(out, options: dict, class_names: list, writers: dict, extra: dict | None = None) -> Path:
+    """Build the store ``out`` once: ``writers`` maps each split's name to a function that writes the split into
+    the folder it is given (with :func:`write_split`) and returns its manifest entry. A complete store built with
+    the same ``options`` is reused, a stale or partial one rebuilt; the manifest (with ``extra``, e.g. a
+    benchmark's task structure) is written last, so an interrupted build is never mistaken for a finished one."""
+    out = Path(out).expanduser()
     with _build_lock(out):
         if _valid(out, options) is not None:
             return out
@@ -307,14 +324,40 @@ def build_store(image_folder, out, size: int | None = None, splits=("train", "te
         except OSError as err:
             raise DataError(f"cannot write the disk store at {out} ({err.__class__.__name__}: {err}); set "
                             f"data.store_dir to a writable folder") from err
-        manifest = {"version": VERSION, "options": options, "class_names": list(listing.classes), "splits": {}}
-        for split in splits:
-            manifest["splits"][split] = _build_split(listing, split, out, size)
+        manifest = {"version": VERSION, "options": options, "class_names": class_names, "splits": {}}
+        if extra is not None:
+            manifest["extra"] = extra
+        for split, write in writers.items():
+            manifest["splits"][split] = write(out)
         _hash_files(out, manifest)
         tmp = out / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, out / MANIFEST)  # last: a store without its manifest is incomplete
     return out
+
+
+def write_split(out: Path, split: str, shape: tuple, fill) -> dict:
+    """Write split ``split`` of ``shape`` ``(N, C, H, W)`` into ``out``: ``fill(x)`` writes the uint8 rows into the
+    memory map ``x`` (a chunk at a time, flushing as it goes) and returns the ``N`` labels. Written under temporary
+    names, then renamed: a run still reading an older store keeps its (unlinked) files."""
+    tmp_x, tmp_y = out / f".{split}_x.npy.tmp", out / f".{split}_y.npy.tmp"
+    x = np.lib.format.open_memmap(tmp_x, mode="w+", dtype=np.uint8, shape=tuple(shape))
+    try:
+        labels = fill(x)
+        x.flush()
+    except BaseException:
+        del x
+        tmp_x.unlink(missing_ok=True)
+        raise
+    del x
+    if len(labels) != shape[0]:
+        tmp_x.unlink(missing_ok=True)
+        raise DataError(f"split {split}: {len(labels)} labels written for {shape[0]} images")
+    with open(tmp_y, "wb") as fh:
+        np.save(fh, np.asarray(labels, dtype=np.int64))
+    os.replace(tmp_x, out / f"{split}_x.npy")
+    os.replace(tmp_y, out / f"{split}_y.npy")
+    return {"n": int(shape[0]), "shape": list(shape[1:]), "x": f"{split}_x.npy", "y": f"{split}_y.npy"}
 
 
 def _build_split(listing: _Listing, split: str, out: Path, size: int | None) -> dict:
@@ -328,10 +371,8 @@ def _build_split(listing: _Listing, split: str, out: Path, size: int | None) -> 
     first = _decode(files[0], size)
     if isinstance(first, str):
         raise DataError(f"{files[0]}: {first}; replace or remove the file")
-    # written under temporary names, then renamed: a run still reading the old store keeps its (unlinked) files
-    tmp_x, tmp_y = out / f".{split}_x.npy.tmp", out / f".{split}_y.npy.tmp"
-    x = np.lib.format.open_memmap(tmp_x, mode="w+", dtype=np.uint8, shape=(len(files), *first.shape))
-    try:
+
+    def fill(x):
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
             for start in range(0, len(files), BUILD_CHUNK):
                 chunk = files[start:start + BUILD_CHUNK]
@@ -345,16 +386,9 @@ def _build_split(listing: _Listing, split: str, out: Path, size: int | None) -> 
                             f"resize every image to N x N")
                     x[start + i] = arr
                 x.flush()
-    except BaseException:
-        del x
-        tmp_x.unlink(missing_ok=True)
-        raise
-    del x
-    with open(tmp_y, "wb") as fh:
-        np.save(fh, np.asarray(labels, dtype=np.int64))
-    os.replace(tmp_x, out / f"{split}_x.npy")
-    os.replace(tmp_y, out / f"{split}_y.npy")
-    return {"n": len(files), "shape": list(first.shape), "x": f"{split}_x.npy", "y": f"{split}_y.npy"}
+        return labels
+
+    return write_split(out, split, (len(files), *first.shape), fill)
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -232,13 +232,9 @@ def build_stream(
     if dataset == "avalanche" and source is None:  # an Avalanche benchmark (stream=avalanche; imported only here)
         from ..interop.avalanche import build_avalanche_stream
 
-        if store != "memory":
-            raise StreamError(f"data.store={store} reads image folders; an Avalanche stream is converted to tensors "
-                              "in memory: use data.store=memory (or export the benchmark as an image folder)")
-
         return build_avalanche_stream(name=name, root=root, train_per_task=train_per_task,
                                       test_per_task=test_per_task, online=online, class_order_seed=class_order_seed,
-                                      **_ignored)
+                                      store=store, store_dir=store_dir, store_verify=store_verify, **_ignored)
     if scenario not in SCENARIOS:
         raise StreamError(f"unknown scenario '{scenario}'; choose one of {', '.join(SCENARIOS)}")
     try:

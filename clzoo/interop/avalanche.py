@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..data.disk_store import is_stored, take
 from ..data.scenarios import Stream, StreamError, Task, _subsample
 
 CACHE_VERSION = 1
@@ -78,18 +79,24 @@ def _to_uint8(x: Tensor, where: str) -> Tensor:
     return (x * 255).round_().to(torch.uint8)
 
 
-def _dataset_tensors(dataset, where: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(uint8 images, labels, task labels) of an Avalanche dataset, read in batches."""
+def _batches(dataset, where: str):
+    """``(uint8 images, labels, task labels)`` of an Avalanche dataset, 1,000 samples at a time."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=1000, shuffle=False, num_workers=0)
-    xs, ys, ts = [], [], []
     for batch in loader:
         x, y = batch[0], batch[1]
         t = batch[2] if len(batch) > 2 else torch.zeros_like(y)
         if x.dim() == 3:  # (N, H, W): one channel
             x = x.unsqueeze(1)
-        xs.append(_to_uint8(x, where))
-        ys.append(y.long())
-        ts.append(torch.as_tensor(t).long())
+        yield _to_uint8(x, where), y.long(), torch.as_tensor(t).long()
+
+
+def _dataset_tensors(dataset, where: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(uint8 images, labels, task labels) of an Avalanche dataset, read in batches."""
+    xs, ys, ts = [], [], []
+    for x, y, t in _batches(dataset, where):
+        xs.append(x)
+        ys.append(y)
+        ts.append(t)
     if not xs:
         return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(xs), torch.cat(ys), torch.cat(ts)
@@ -147,13 +154,90 @@ def load_avalanche(benchmark: str, args: dict | None, root=None) -> tuple[dict[s
     return cache.load_or_build(path, key, lambda: convert(build_benchmark(benchmark, args, root), benchmark))
 
 
+def _store_writer(dataset, split: str, where: str, on_first_task_label=None):
+    """A :func:`~clzoo.data.disk_store.build_store_from` writer streaming one experience into split ``split``."""
+    from ..data.disk_store import write_split
+
+    def write(folder):
+        n = len(dataset)
+        if n == 0:
+            raise StreamError(f"{where} has no samples")
+        first = dataset[0][0]
+        shape = (n, *((1, *first.shape) if first.dim() == 2 else first.shape))
+
+        def fill(x):
+            labels, pos = [], 0
+            for xb, yb, tb in _batches(dataset, where):
+                x[pos:pos + len(yb)] = xb.numpy()
+                if pos == 0 and on_first_task_label is not None:
+                    on_first_task_label(int(tb[0]))
+                labels.append(yb)
+                pos += len(yb)
+            return torch.cat(labels).numpy()
+
+        return write_split(folder, split, shape, fill)
+
+    return write
+
+
+def load_avalanche_store(benchmark: str, args: dict | None, store_dir, verify: bool = False, bench=None, root=None):
+    """The benchmark decoded once into a disk store under ``store_dir`` (:mod:`clzoo.data.disk_store`; one split
+    per experience, the task structure in the manifest): ``(tensors, extra, digest)`` as :func:`load_avalanche`
+    returns them, with the images as lazy :class:`~clzoo.data.disk_store.StoredImages` views, so a benchmark larger
+    than memory trains in batches. The digest equals the in-memory path's for the same data."""
+    from ..data.disk_store import DiskStore, build_store_from, is_complete
+
+    key = json.dumps({"benchmark": benchmark, "args": args or {}, "v": CACHE_VERSION}, sort_keys=True, default=str)
+    out = Path(store_dir).expanduser() / f"avalanche-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    options = {"avalanche": key}
+    if not is_complete(out, options):
+        bench = bench if bench is not None else build_benchmark(benchmark, args, root)
+        train_exps, test_exps = list(bench.train_stream), list(bench.test_stream)
+        names = getattr(bench, "classes_order_original_ids", None)
+        extra = {"classes": [sorted(int(c) for c in e.classes_in_this_experience) for e in train_exps],
+                 "task_labels": [0] * len(train_exps), "n_test": len(test_exps),
+                 "label_names": None if names is None else [str(n) for n in names]}
+        writers = {}
+        for i, exp in enumerate(train_exps):
+            def remember(label, i=i):
+                extra["task_labels"][i] = label
+            writers[f"train_{i}"] = _store_writer(exp.dataset, f"train_{i}", f"{benchmark}: training experience {i}",
+                                                  remember)
+        for i, exp in enumerate(test_exps):
+            writers[f"test_{i}"] = _store_writer(exp.dataset, f"test_{i}", f"{benchmark}: test experience {i}")
+        build_store_from(out, options, [], writers, extra)
+    store = DiskStore(out, verify=verify)
+    tensors = {}
+    for split in store.manifest["splits"]:
+        part = store.split(split)
+        tensors[f"x_{split}"], tensors[f"y_{split}"] = part.images(), part.y
+    return tensors, store.manifest["extra"], store.manifest["content_sha256"]
+
+
+def _rows(x, index: Tensor):
+    """``x[index]``: a view that stays on disk for a stored split, a contiguous tensor in memory."""
+    return take(x, index) if is_stored(x) else x[index].contiguous()
+
+
 def build_avalanche_stream(benchmark: str | None = None, args: dict | None = None, name: str | None = None,
                            root=None, train_per_task: int | None = None, test_per_task: int | None = None,
                            online: bool = False, class_order_seed: int | None = None, bench=None,
+                           store: str = "memory", store_dir=None, store_verify: bool = False,
                            **_ignored) -> Stream:
     """A clzoo :class:`~clzoo.data.Stream` with one task per training experience of the benchmark (``bench``:
-    an already built benchmark, e.g. in tests; else ``benchmark`` / ``args``)."""
-    if bench is not None:
+    an already built benchmark, e.g. in tests; else ``benchmark`` / ``args``). ``store="disk"``: decoded once into
+    a disk store under ``store_dir`` (default ``<root>/.clzoo-store``) and read in batches, for benchmarks larger
+    than memory."""
+    if store == "disk":
+        from ..data.disk_store import default_store_dir
+
+        if store_dir is None and root is None:
+            raise StreamError("data.store=disk needs a folder for the store: set data.root or data.store_dir")
+        tensors, extra, digest = load_avalanche_store(benchmark or name or "avalanche", args,
+                                                      store_dir or default_store_dir(root), store_verify, bench, root)
+    elif store != "memory":
+        raise StreamError(f"data.store={store}: choose memory or disk")
+    elif bench is not None:
         tensors, extra = convert(bench, name or "avalanche")
         from ..data.cache import content_digest
 
@@ -181,9 +265,9 @@ def build_avalanche_stream(benchmark: str | None = None, args: dict | None = Non
         task_cls = sorted(int(c) for c in remap[torch.tensor(cls)]) if not repeated else list(range(n_classes))
         if n_test == 1 and not repeated:  # the single test experience holds every class: this task's part
             keep = torch.isin(yte, torch.tensor(task_cls))
-            xte, yte = xte[keep], yte[keep]
+            xte, yte = take(xte, keep), yte[keep]
         itr, ite = _subsample(ytr, train_per_task, gen), _subsample(yte, test_per_task, gen)
-        tasks.append(Task(i, task_cls, xtr[itr].contiguous(), ytr[itr], xte[ite].contiguous(), yte[ite]))
+        tasks.append(Task(i, task_cls, _rows(xtr, itr), ytr[itr], _rows(xte, ite), yte[ite]))
     for t in tasks:
         if not t.n_train or not len(t.y_test):
             raise StreamError(f"stream.benchmark={benchmark}: experience {t.id} has no training or test samples")
