@@ -23,11 +23,15 @@ class ER(Method):
         self.buffer = self.make_buffer(buffer)
 
     def observe(self, x, y, task_id):
-        inputs, labels = self.augment(x), y
-        if not self.buffer.is_empty:
+        if self.buffer.is_empty:
+            inputs, labels = self.augment(x), y
+        elif self.ctx.train_transform.augments:  # random augmentation draws for the incoming batch come first
+            inputs = self.augment(x)
             replay = self.buffer.sample(self.minibatch_size)
-            inputs = torch.cat([inputs, self.augment(replay.x)])
-            labels = torch.cat([labels, replay.y])
+            inputs, labels = torch.cat([inputs, self.augment(replay.x)]), torch.cat([y, replay.y])
+        else:  # the two batches joined as stored and converted once (the same values as converting each)
+            replay = self.buffer.sample(self.minibatch_size)
+            inputs, labels = self.augment(torch.cat([x, replay.x])), torch.cat([y, replay.y])
         loss = self.step(F.cross_entropy(self.model(inputs), labels))
         self.buffer.add(x, y, task_id)
         return loss
