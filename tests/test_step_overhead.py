@@ -1,15 +1,22 @@
 """The per-step fast paths (bench/overhead.py) compute what the plain versions compute: the vectorised reservoir
-against algorithm R sample by sample, the batched non-finite check against a per-step check, the gradient reset
-against ``zero_grad``."""
+against algorithm R sample by sample (and its host draws against the tensor draws), the batched non-finite check
+against a per-step check, the gradient reset against ``zero_grad``, the optimizer step against ``opt.step()``, ER's
+joined conversion against converting each batch."""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from clzoo.memory.buffer import ReplayBuffer
-from clzoo.methods import NonFiniteLossError
-from clzoo.methods.base import check_losses_finite, clear_grads
+from clzoo.data import build_stream
+from clzoo.data.augment import BatchTransform
+from clzoo.memory.buffer import ReplayBuffer, reservoir_draws
+from clzoo.methods import NonFiniteLossError, RunContext, StreamInfo, make_method
+from clzoo.methods.base import build_optimizer, check_losses_finite, clear_grads, optimizer_step
+from clzoo.models import MLP, ContinualModel
+from clzoo.testing import TINY_STREAM
 
 
 def sequential_reservoir(capacity, seen, draws):
@@ -58,6 +65,9 @@ def test_batched_loss_check_names_the_first_bad_step():
     ok = [torch.tensor(0.5), torch.tensor(1.0, dtype=torch.float64)]
     check_losses_finite(ok, 0, 0)
     assert ok == []  # checked losses are dropped
+    mixed = [torch.tensor(0.5), torch.tensor([float("inf")])]  # a 0-d and a 1-element loss
+    with pytest.raises(NonFiniteLossError, match=r"loss became inf at task 0, step 4;"):
+        check_losses_finite(mixed, 0, 3)
 
 
 def test_clear_grads_is_zero_grad_set_to_none():
@@ -66,3 +76,89 @@ def test_clear_grads_is_zero_grad_set_to_none():
     net(torch.ones(1, 3)).sum().backward()
     clear_grads(opt)
     assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("seen", [0, 490, 12_345, 2**24 - 5, 2**24 + 3, 3 * 2**25 + 1])
+def test_host_reservoir_draws_are_the_tensor_draws(seen):
+    torch.manual_seed(seen)
+    for batch in (1, 10, 128):
+        for _ in range(50):
+            uniform = torch.rand(batch)
+            expected = (uniform * torch.arange(seen + 1, seen + batch + 1)).long().tolist()
+            assert reservoir_draws(uniform.tolist(), seen) == expected
+    # a long batch of every kind of value torch.rand makes (multiples of 2**-24)
+    uniform = torch.randint(0, 2**24, (4096,)).float() / 2**24
+    assert reservoir_draws(uniform.tolist(), seen) == (uniform * torch.arange(seen + 1, seen + 4097)).long().tolist()
+
+
+def _train_steps(opt_step, optimizer, **kwargs):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    opt = optimizer(net.parameters(), lr=0.1, **kwargs)
+    for i in range(5):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        clear_grads(opt)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt_step(opt)
+    return [p.detach().clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("optimizer,kwargs", [(torch.optim.SGD, {}), (torch.optim.SGD, {"momentum": 0.9}),
+                                              (torch.optim.Adam, {})])
+def test_optimizer_step_is_opt_step(optimizer, kwargs):
+    fast = _train_steps(optimizer_step, optimizer, **kwargs)
+    plain = _train_steps(lambda opt: opt.step(), optimizer, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(fast, plain))
+
+
+@pytest.mark.parametrize("name,optimizer", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                            ("adamw", torch.optim.AdamW)])
+def test_build_optimizer_decides_foreach_once_as_torch_would(name, optimizer):
+    built = _train_steps(optimizer_step, lambda params, lr: build_optimizer(params, name=name, lr=lr))
+    # build_optimizer's settings (weight decay 0) with torch deciding foreach in every step
+    plain = _train_steps(lambda opt: opt.step(), optimizer, weight_decay=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(built, plain))
+    assert build_optimizer(nn.Linear(2, 2).parameters(), name=name).defaults["foreach"] is False  # CPU
+
+
+def test_optimizer_step_keeps_hooks_schedules_and_the_profiler():
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    calls = []
+    opt.register_step_post_hook(lambda *args: calls.append("post"))
+    net(torch.ones(1, 3)).sum().backward()
+    optimizer_step(opt)
+    assert calls == ["post"]  # with a hook, the plain opt.step() runs it
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, [1])
+    optimizer_step(opt)  # the scheduler's step counter on the optimizer sees the step: no order warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schedule.step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        optimizer_step(torch.optim.SGD(net.parameters(), lr=0.1))
+    assert any(e.name.startswith("Optimizer.step#SGD") for e in prof.events())  # profiled runs keep the record
+
+
+class _SeparateBatches(BatchTransform):
+    """The same conversion, declared random: ER then converts the incoming and the replayed batch one by one."""
+
+    augments = True
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+def test_er_joined_conversion_is_the_separate_one(normalise):
+    stream = build_stream(**TINY_STREAM)
+    mean_std = ([0.5], [0.25]) if normalise else (None, None)
+    weights = []
+    for transform in (BatchTransform(*mean_std), _SeparateBatches(*mean_std)):
+        torch.manual_seed(0)
+        ctx = RunContext(StreamInfo.from_stream(stream), train_transform=transform, optimizer={"name": "sgd", "lr": 0.05})
+        method = make_method("er", ContinualModel(MLP(stream.input_shape, [16]), stream.n_classes), ctx,
+                             buffer={"capacity": 20}, minibatch_size=5)
+        task = stream.tasks[0].training_view()
+        method.start_task(task)
+        for i in range(0, 200, 10):
+            method.observe(task.x_train[i:i + 10], task.y_train[i:i + 10], task.id)
+        weights.append([p.detach().clone() for p in method.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

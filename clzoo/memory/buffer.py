@@ -11,6 +11,7 @@ host-device synchronisation on an accelerator.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,15 +26,30 @@ def label_dtype(n_classes: int) -> torch.dtype:
     return torch.int16 if n_classes < 2**15 else torch.int32
 
 
+def reservoir_draws(uniform: list[float], seen: int) -> list[int]:
+    """Algorithm R's draws for stream positions ``seen + 1, seen + 2, ...``: ``floor(u * position)`` computed as the
+    float32 tensor product ``(torch.rand(b) * torch.arange(seen + 1, seen + b + 1)).long()`` computes it, from the
+    ``torch.rand`` values read to the host. The position and the product are rounded to float32 as the tensor op
+    rounds them (``array('f')``; the product of two float32 values is exact in a Python float, so it is rounded
+    once, like the float32 multiplication), then truncated like ``.long()``: the same integers, bit for bit."""
+    positions = array("f", range(seen + 1, seen + len(uniform) + 1))
+    return [int(p) for p in array("f", [u * q for u, q in zip(uniform, positions)])]
+
+
 @dataclass
 class ReplayBatch:
     """A batch drawn from the buffer: raw inputs (stored dtype), int64 labels, task ids, optional logits."""
 
     x: Tensor
     y: Tensor
-    task: Tensor
+    stored_task: Tensor
     logits: Tensor | None
     index: Tensor
+
+    @property
+    def task(self) -> Tensor:
+        """The samples' task ids as int64, converted when read (most replay methods never read them)."""
+        return self.stored_task.long()
 
 
 class ReplayBuffer(nn.Module):
@@ -110,7 +126,7 @@ class ReplayBuffer(nn.Module):
         # index_select: the same rows as x[index], without advanced indexing's per-call setup
         logits = self.logits.index_select(0, index) if self.logits is not None else None
         return ReplayBatch(self.x.index_select(0, index), self.y.index_select(0, index).long(),
-                           self.task.index_select(0, index).long(), logits, index)
+                           self.task.index_select(0, index), logits, index)
 
     def all(self) -> ReplayBatch:
         return self.get(torch.arange(int(self.n_filled), device=self.x.device))
@@ -153,29 +169,44 @@ class ReplayBuffer(nn.Module):
         if self.logits is not None and logits is not None:
             self.logits[start:end] = logits.detach()
 
+    #: up to this many accepted samples, the host pass writes them row by row (cheaper than building index tensors)
+    _ROW_WRITES = 2
+
+    def _write_rows(self, placed: dict, x, y, task, logits) -> None:
+        """Write row ``placed[slot]`` of the batch to ``slot`` for each entry (plain row copies)."""
+        for slot, row in placed.items():
+            self.x[slot] = x[row]
+            self.y[slot] = y[row]
+            self.task[slot] = task[row] if isinstance(task, Tensor) else int(task)
+            if self.logits is not None and logits is not None:
+                self.logits[slot] = logits[row].detach()
+
     def _add_reservoir(self, x, y, task, logits) -> Tensor:
         b, device, capacity = len(y), self.x.device, self.capacity
         seen = int(self.n_seen)
         # algorithm R: the i-th sample of the stream (i = seen, seen + 1, ...) goes to slot i while there is
         # room, else to a slot drawn uniformly from 0..i, kept only if that slot exists. The draws are made for
         # every batch (also while filling), so the random stream does not depend on the buffer's state.
-        draws = (torch.rand(b, device=device) * torch.arange(seen + 1, seen + b + 1, device=device)).long()
+        uniform = torch.rand(b, device=device)
         if seen + b <= capacity:  # still filling: sample i goes to slot seen + i
             self._write_range(seen, x, y, task, logits)
             slots = torch.arange(seen, seen + b, device=device)
         elif self._decide_on_host if self._decide_on_host is not None else device.type == "cpu":
             # decided on the host (reading the draws costs nothing on a CPU, and for a small batch a short Python
-            # pass is cheaper than the dozen tensor operations below: 16 vs 25 microseconds at batch 10)
-            slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1)
-                         for i, d in enumerate(draws.tolist())]
+            # pass is cheaper than the dozen tensor operations of the device pass)
+            draws = reservoir_draws(uniform.tolist(), seen)
+            slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1) for i, d in enumerate(draws)]
             # two samples of one batch taking the same slot: the later one wins, as in sequential insertion
             winner = {slot: i for i, slot in enumerate(slot_list) if slot >= 0}
-            if winner:
+            if len(winner) <= self._ROW_WRITES:
+                self._write_rows(winner, x, y, task, logits)
+            else:
                 self._write(torch.tensor(list(winner)), torch.tensor(list(winner.values())), x, y, task, logits)
             slots = torch.tensor(slot_list, dtype=torch.long)
         else:
             # on an accelerator, no Python loop and no read of the draws: a drawn slot is kept if it exists;
             # samples still filling the buffer (seen + i < capacity) take slot seen + i
+            draws = (uniform * torch.arange(seen + 1, seen + b + 1, device=device)).long()
             slots = draws.masked_fill_(draws >= capacity, -1)
             if seen < capacity:
                 slots[: capacity - seen] = torch.arange(seen, capacity, device=device)
@@ -183,7 +214,8 @@ class ReplayBuffer(nn.Module):
             taken_later = (slots.unsqueeze(1) == slots.unsqueeze(0)).triu_(1).any(1)
             self._write_kept(slots, (slots >= 0) & ~taken_later, x, y, task, logits)
         self.n_seen.fill_(seen + b)
-        self.n_filled.fill_(min(capacity, seen + b))
+        if seen < capacity:  # once full, the filled count stays at capacity
+            self.n_filled.fill_(min(capacity, seen + b))
         return slots
 
     def _write_kept(self, slots: Tensor, keep: Tensor, x, y, task, logits) -> None:

@@ -31,12 +31,15 @@ class ER(Method):
 
     def with_replay(self, x, y):
         """The step's network input and labels: the incoming batch, then a batch drawn from the buffer."""
-        inputs, labels = self.augment(x), y
-        if not self.buffer.is_empty:
+        if self.buffer.is_empty:
+            return self.augment(x), y
+        if self.ctx.train_transform.augments:  # random augmentation draws for the incoming batch come first
+            inputs = self.augment(x)
             replay = self.buffer.sample(self.minibatch_size)
-            inputs = torch.cat([inputs, self.augment(replay.x)])
-            labels = torch.cat([labels, replay.y])
-        return inputs, labels
+            return torch.cat([inputs, self.augment(replay.x)]), torch.cat([y, replay.y])
+        # the two batches joined as stored and converted once (the same values as converting each)
+        replay = self.buffer.sample(self.minibatch_size)
+        return self.augment(torch.cat([x, replay.x])), torch.cat([y, replay.y])
 
     @classmethod
     def observe_group(cls, members, xs, ys, task_id, rng):
