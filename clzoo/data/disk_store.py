@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import cache
-from .sources import DataError, DatasetNotFoundError, Source, _Listing
+from .sources import DataError, DatasetNotFoundError, Source, _decode_image, _Listing
 
 MANIFEST = "manifest.json"
 VERSION = 2
@@ -209,23 +209,10 @@ def _sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _decode(path: Path, size: int | None):
-    """``(3, H, W)`` uint8 array of an image (RGB, as the in-memory path decodes it), or why it cannot be decoded.
-    ``size``: resized so its shorter side is ``size``, then centre-cropped to ``size x size`` (``ImageOps.fit``)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = ImageOps.fit(img, (size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except UnidentifiedImageError:
-        return "not an image Pillow can identify (corrupt, or another kind of file)"
-    except MemoryError:  # not the file's fault: the process is out of memory
-        raise
-    except Exception as err:  # OSError("image file is truncated"), SyntaxError("broken PNG file"), ...
-        return f"cannot be decoded ({err.__class__.__name__}: {err})"
+    """``(3, H, W)`` uint8 array of an image (RGB, decoded as the in-memory path decodes it), or why it cannot be
+    decoded (a string). ``size``: resized so its shorter side is ``size``, then centre-cropped to ``size x size``."""
+    arr = _decode_image(path, size)
+    return arr if isinstance(arr, str) else arr.transpose(2, 0, 1)
 
 
 @contextlib.contextmanager

@@ -371,15 +371,20 @@ class _Listing:
         return h.hexdigest()
 
 
-def _decode_image(path: Path):
-    """``(H, W, 3)`` uint8 array of an image file, or the reason it cannot be decoded (a string)."""
+def _decode_image(path: Path, size: int | None = None):
+    """``(H, W, 3)`` uint8 array of an image file, or the reason it cannot be decoded (a string). ``size``: resized
+    so its shorter side is ``size``, then centre-cropped to ``size x size`` (``ImageOps.fit``; the disk store's
+    ``stream.image_size``)."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            rgb = im.convert("RGB")
+            if size is not None and rgb.size != (size, size):
+                rgb = ImageOps.fit(rgb, (size, size), Image.BILINEAR)
+            return np.asarray(rgb)
     except UnidentifiedImageError:
         return "not an image Pillow can identify (corrupt, or another kind of file)"
     except MemoryError:  # not the file's fault: the process is out of memory
