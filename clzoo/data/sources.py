@@ -503,6 +503,13 @@ STORE_DATASETS = ("imagefolder", "cifar10", "cifar100")
 STORES = ("memory", "disk")
 
 
+def check_store(store: str) -> None:
+    """A one-line error unless ``store`` is one of :data:`STORES`."""
+    if store not in STORES:
+        raise ValueError(f"data.store={store} is not a store; choose memory (the default: one tensor in memory) or "
+                         f"disk (a memory-mapped store for data larger than memory)")
+
+
 def load_source(name: str, root: str | Path | None = None, download: bool = False, path=None,
                 drop_empty_classes: bool = False, store: str = "memory", store_dir=None,
                 image_size: int | None = None, store_verify: bool = False) -> Source:
@@ -514,9 +521,7 @@ def load_source(name: str, root: str | Path | None = None, download: bool = Fals
     if name not in SOURCES:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(SOURCES))}")
     root = Path(root).expanduser() if root else default_root()
-    if store not in STORES:
-        raise ValueError(f"data.store={store} is not a store; choose memory (the default: one tensor in memory) or "
-                         f"disk (a memory-mapped store for data larger than memory)")
+    check_store(store)
     if store == "disk":
         return _load_into_store(name, root, path, drop_empty_classes, store_dir, image_size, store_verify)
     if image_size is not None:

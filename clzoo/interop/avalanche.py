@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..data.disk_store import is_stored, take
 from ..data.scenarios import Stream, StreamError, Task, _subsample
+from ..data.sources import check_store
 
 CACHE_VERSION = 1
 
@@ -228,6 +229,7 @@ def build_avalanche_stream(benchmark: str | None = None, args: dict | None = Non
     an already built benchmark, e.g. in tests; else ``benchmark`` / ``args``). ``store="disk"``: decoded once into
     a disk store under ``store_dir`` (default ``<root>/.clzoo-store``) and read in batches, for benchmarks larger
     than memory."""
+    check_store(store)
     if store == "disk":
         from ..data.disk_store import default_store_dir
 
@@ -235,8 +237,6 @@ def build_avalanche_stream(benchmark: str | None = None, args: dict | None = Non
             raise StreamError("data.store=disk needs a folder for the store: set data.root or data.store_dir")
         tensors, extra, digest = load_avalanche_store(benchmark or name or "avalanche", args,
                                                       store_dir or default_store_dir(root), store_verify, bench, root)
-    elif store != "memory":
-        raise StreamError(f"data.store={store}: choose memory or disk")
     elif bench is not None:
         tensors, extra = convert(bench, name or "avalanche")
         from ..data.cache import content_digest
