@@ -42,3 +42,5 @@ def test_grouped_seeds_equal_separate_runs(tmp_path, method, extra):
 def test_methods_that_cannot_be_batched_say_why():
     assert "observe_group" in why_not_batched(_cfg("der", 0))
     assert "not an MLP" in why_not_batched(_cfg("er", 0, "model=convnet2"))
+    for setting in ("trainer.amp=bf16", "trainer.compile=true", "trainer.channels_last=true"):
+        assert "trainer.amp, trainer.compile" in why_not_batched(_cfg("finetune", 0, setting)), setting

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -83,13 +84,23 @@ def build_stream_from_config(cfg: dict):
                         store_dir=data.get("store_dir"), store_verify=bool(data.get("store_verify", False)))
 
 
-def eval_batches(x_all, y_all, batch_size: int, device):
-    """``(x, y)`` on ``device``, ``batch_size`` at a time, in order: slices of an in-memory tensor, or reads of a
-    disk store (:class:`~clzoo.data.disk_store.StoredImages`) prefetched in a background thread."""
-    if is_stored(x_all):
-        batches = x_all.batches(torch.arange(len(y_all)), batch_size, y_all, pin_memory=device.type == "cuda")
+def stored_batches(x_all, order, batch_size: int, y_all, device):
+    """``(x, y)`` on ``device`` at the positions ``order``, ``batch_size`` at a time, read from a disk store
+    (:class:`~clzoo.data.disk_store.StoredImages`) in a background thread (into pinned memory on CUDA). Closing
+    this generator stops the reader."""
+    batches = x_all.batches(order, batch_size, y_all, pin_memory=device.type == "cuda")
+    try:
         for x, y in batches:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    finally:
+        batches.close()
+
+
+def eval_batches(x_all, y_all, batch_size: int, device):
+    """``(x, y)`` on ``device``, ``batch_size`` at a time, in order: slices of an in-memory tensor, or reads of a
+    disk store prefetched in a background thread (:func:`stored_batches`)."""
+    if is_stored(x_all):
+        yield from stored_batches(x_all, torch.arange(len(y_all)), batch_size, y_all, device)
         return
     for i in range(0, len(y_all), batch_size):
         yield x_all[i:i + batch_size].to(device, non_blocking=True), y_all[i:i + batch_size].to(device, non_blocking=True)
@@ -211,15 +222,15 @@ def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, sh
     # with its own step number, and before end_task and the checkpoint
     recent: list = []
     first_step = progress["step"]
+    batches = None
     try:
         for epoch in range(epochs):
             order = torch.randperm(n, device=device)
-            batches = x_all.batches(order, bs, y_all, pin_memory=device.type == "cuda") if stored else None
+            batches = stored_batches(x_all, order, bs, y_all, device) if stored else None
             for b in range(steps_per_epoch):
                 idx = order[b * bs:(b + 1) * bs]
                 if stored:
                     x, y = next(batches)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 else:
                     x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
                 loss = yield (method, x, y, task_arg, b + 1 == steps_per_epoch)
@@ -248,6 +259,8 @@ def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, sh
             check_losses_finite(recent, task.id, progress["step"] - len(recent))
             method.end_epoch()
     finally:
+        if batches is not None:  # a step that raised: stop the store's reader thread too
+            batches.close()
         if writer is not None:
             _write_losses(writer, pending)
         bar.close()
@@ -323,16 +336,24 @@ def run(cfg: dict, run_dir: str | Path, show_progress: bool | None = None, obser
     ``observer(method, task_id)``, if given, is called once the method is built (``task_id=None``) and after every
     task, when its checkpoint is written (the conformance kit inspects the method there).
     """
+    with run_session(cfg, run_dir) as run_dir:
+        return drive(run_steps(cfg, run_dir, show_progress, observer))
+
+
+@contextlib.contextmanager
+def run_session(cfg: dict, run_dir: str | Path):
+    """What a run holds around its steps (:func:`run`, and each run of a seed group): the configuration checked
+    (one line naming a bad key, before any work), the folder's lock, the folder cleaned of an interrupted write,
+    autocast (``trainer.amp``) and cuDNN autotuning, restored when it ends. Yields the folder as a Path."""
     from ..config import validate
 
-    validate(cfg)  # one line naming a bad key (trainer.epochs=abc, trainer.device=gpu), before any work
+    validate(cfg)
     run_dir = Path(run_dir)
     trainer = cfg["trainer"]
-    # autocast (trainer.amp) and cuDNN autotuning for the whole run, restored when it ends
     around = Acceleration.from_trainer(trainer).around_run(resolve_device(trainer.get("device", "auto")))
     with run_dir_lock(run_dir), around:
         prepare_run_dir(run_dir)
-        return drive(run_steps(cfg, run_dir, show_progress, observer))
+        yield run_dir
 
 
 def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None):

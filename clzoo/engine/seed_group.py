@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +41,10 @@ def why_not_batched(cfg: dict) -> str | None:
         return "it runs on an accelerator (batching seeds is for CPU runs)"
     if cfg["stream"].get("online") or cfg["stream"].get("task_free"):
         return "its stream is online or task-free"
+    trainer = cfg["trainer"]
+    if (trainer.get("amp") or "none") != "none" or trainer.get("compile") or trainer.get("channels_last"):
+        # the stacked step computes the seeds' MLPs itself, outside autocast, compilation and layout changes
+        return "it sets trainer.amp, trainer.compile or trainer.channels_last"
     return None
 
 
@@ -92,17 +95,11 @@ class _Seat:
 def run_seed_group(cfgs: list[dict], run_dirs: list, logs: list | None = None) -> list:
     """Train the runs ``cfgs`` (one configuration at several seeds) into ``run_dirs`` together; returns, per run,
     its results dict or the exception it failed with. ``logs``: a stream per run for what it prints."""
-    from ..config import validate
-    from .lock import run_dir_lock
-
     logs = logs or [None] * len(cfgs)
     with contextlib.ExitStack() as stack:
         seats = []
         for cfg, run_dir, log in zip(cfgs, run_dirs, logs):
-            validate(cfg)
-            run_dir = Path(run_dir)
-            stack.enter_context(run_dir_lock(run_dir))
-            runner.prepare_run_dir(run_dir)
+            run_dir = stack.enter_context(runner.run_session(cfg, run_dir))
             seats.append(_Seat(runner.run_steps(cfg, run_dir, False), log))
         try:
             for seat in seats:
