@@ -9,7 +9,7 @@ import torch
 from clzoo.config import compose
 from clzoo.engine.runner import run
 from clzoo.engine.seed_group import run_seed_group, why_not_batched
-from clzoo.methods.parts.seed_stack import stacked_layer_is_exact
+from clzoo.methods.parts.seed_stack import grouped_step_is_exact
 
 NUMBERS = ("acc_matrix", "acc_matrix_task_il", "acc_init", "acc_init_task_il", "metrics", "memory")
 
@@ -20,7 +20,12 @@ def _cfg(method: str, seed: int, *extra: str) -> dict:
                     "log.tensorboard=false", *extra])
 
 
-@pytest.mark.parametrize("method,extra", [("finetune", ()), ("er", ("method.buffer=50", "method.minibatch_size=10"))])
+@pytest.mark.parametrize("method,extra", [
+    ("finetune", ()),
+    ("er", ("method.buffer=50", "method.minibatch_size=10")),
+    # momentum: each member's own optimizer steps with the gradients of the grouped step
+    ("finetune", ("trainer.optimizer.momentum=0.9", "trainer.validation_fraction=0.1")),
+])
 def test_grouped_seeds_equal_separate_runs(tmp_path, method, extra):
     threads = torch.get_num_threads()
     try:
@@ -34,7 +39,8 @@ def test_grouped_seeds_equal_separate_runs(tmp_path, method, extra):
             for key in NUMBERS:
                 assert json.dumps(got[key], sort_keys=True) == json.dumps(alone[key], sort_keys=True), (method, s, key)
         assert grouped[0]["acc_matrix"] != grouped[1]["acc_matrix"]  # the seeds did differ
-        assert stacked_layer_is_exact(3, 10, 64, 100, False)  # and their steps were computed stacked
+        lr = None if extra and "momentum" in extra[0] else 0.1  # plain SGD updates the stacked weights directly
+        assert grouped_step_is_exact(3, 10, ((100, 64), (100, 100), (10, 100)), lr)  # computed together
     finally:
         torch.set_num_threads(threads)
 

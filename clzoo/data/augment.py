@@ -63,6 +63,15 @@ class BatchTransform(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def converts_like(self, other) -> bool:
+        """Whether ``other`` is the same deterministic conversion (no random augmentation in either, the same
+        normalisation and layout), so a batch joined from several can be converted in one call."""
+        if not isinstance(other, BatchTransform) or self.augments or other.augments \
+                or self.normalize != other.normalize or self.channels_last != other.channels_last:
+            return False
+        return other is self or not self.normalize or (
+            torch.equal(self.mean, other.mean) and torch.equal(self.std, other.std))
+
     def without_augmentation(self) -> "BatchTransform":
         """The same normalisation with no random augmentation (for evaluation)."""
         mean = self.mean.flatten().tolist() if self.normalize else None

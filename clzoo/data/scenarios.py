@@ -10,7 +10,8 @@ dataset labels are kept in ``Stream.class_order``. Images stay uint8 throughout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -136,6 +137,13 @@ class Stream:
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def copy(self) -> "Stream":
+        """A copy another run can own: its own tasks, lists and info (a run may re-split its tasks, e.g.
+        ``trainer.validation_fraction``), sharing the image tensors, which nothing writes to."""
+        return replace(self, tasks=[replace(t, classes=list(t.classes)) for t in self.tasks],
+                       class_order=list(self.class_order), class_names=list(self.class_names),
+                       info=copy.deepcopy(self.info))
 
 
 def _task_class_counts(n_classes: int, n_tasks: int | None, classes_per_task: int | None,

@@ -356,9 +356,10 @@ def run_session(cfg: dict, run_dir: str | Path):
         yield run_dir
 
 
-def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None):
+def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=None, stream=None):
     """The body of :func:`run` (the caller validates the config and holds the folder's lock) as a generator of
-    training steps (see :func:`drive`); returns the results dict."""
+    training steps (see :func:`drive`); returns the results dict. ``stream``: the stream of ``cfg`` already built
+    (a copy this run owns; seed groups build it once), else it is built here."""
     log_cfg = cfg.get("log", {}) or {}
     if show_progress is None:
         show_progress = bool(log_cfg.get("progress", True))
@@ -368,7 +369,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
     seed = int(cfg.get("seed", 0))
     chash = run_config_hash(cfg, num_threads)
 
-    stream = build_stream_from_config(cfg)
+    stream = build_stream_from_config(cfg) if stream is None else stream
     # trainer.validation_fraction: a validation split held out of the training data, for tuning (never the test set)
     val_fraction = float(trainer.get("validation_fraction") or 0.0)
     val_sets = hold_out_validation(stream, val_fraction, int(trainer.get("validation_seed") or 0)) if val_fraction else None

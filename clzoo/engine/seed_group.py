@@ -98,9 +98,17 @@ def run_seed_group(cfgs: list[dict], run_dirs: list, logs: list | None = None) -
     logs = logs or [None] * len(cfgs)
     with contextlib.ExitStack() as stack:
         seats = []
+        shared = None  # the stream depends on the stream and data settings only (not on the seed): built once
         for cfg, run_dir, log in zip(cfgs, run_dirs, logs):
             run_dir = stack.enter_context(runner.run_session(cfg, run_dir))
-            seats.append(_Seat(runner.run_steps(cfg, run_dir, False), log))
+            same = all(cfg.get(k) == cfgs[0].get(k) for k in ("stream", "data"))
+            if same and shared is None:
+                try:
+                    shared = runner.build_stream_from_config(cfg)
+                except Exception:  # noqa: BLE001 - then each run builds it and fails with its own error
+                    shared = False
+            own = shared.copy() if same and shared else None
+            seats.append(_Seat(runner.run_steps(cfg, run_dir, False, stream=own), log))
         try:
             for seat in seats:
                 seat.advance()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.seed_stack import grouped_cross_entropy_step
+from ..parts.seed_stack import converted_together, grouped_cross_entropy_step
 from ..registry import register_method
 
 
@@ -19,8 +19,4 @@ class Finetune(Method):
     def observe_group(cls, members, xs, ys, task_id, rng):
         """:meth:`observe` of several seeds' methods at once (clzoo.engine.seed_group); ``rng(i)`` is the context
         in which member ``i`` draws random numbers (its own generator state)."""
-        inputs = []
-        for i, (m, x) in enumerate(zip(members, xs)):
-            with rng(i):
-                inputs.append(m.augment(x))
-        return grouped_cross_entropy_step(members, inputs, ys)
+        return grouped_cross_entropy_step(members, converted_together(members, xs, rng), ys)

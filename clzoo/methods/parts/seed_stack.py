@@ -1,25 +1,28 @@
 """One training step of several seeds' MLPs computed together, with the numbers each seed computes alone.
 
-Several seeds of a small model are cheap to train in one process because most of a CPU step on an MLP is per-op
-overhead, not arithmetic (bench/throughput.py). :func:`grouped_cross_entropy_step` does
-``m.step(F.cross_entropy(m.model(x), y))`` for every member ``m`` at once: the members' weights are stacked, each
-linear layer is one batched product, every member keeps its own optimizer. The seeds' results must equal what a
-separate run prints, bit for bit, so the batched products are chosen to repeat the separate run's kernels:
+Several seeds of a small model are cheaper to train in one process when their step is computed together:
+:func:`grouped_cross_entropy_step` does ``m.step(F.cross_entropy(m.model(x), y))`` for every member ``m`` at
+once. The members' weights are stacked (each member's parameters are views of its slice), the forward and the
+backward are written out as the kernels autograd would run, without the autograd engine and the module calls
+(on a CPU step of a small MLP at batch 10 these cost about as much as the arithmetic, bench/RESULTS.md), and plain
+SGD updates the stacks in place (one ``_foreach_add_``). The seeds' results must equal what a separate run prints, bit for bit, so the
+kernels are the separate run's:
 
-* forward ``torch.baddbmm(bias, x, W^T)`` is what ``F.linear`` (``addmm``) computes for each member; ``vmap`` of
-  ``F.linear`` is not (it adds the bias after the product: last-bit differences, measured with torch 2.14 / 2.15);
-* backward (:class:`StackedLinear`) follows ``addmm``'s own formulas: weight gradient ``grad^T @ x`` (autograd of
-  ``baddbmm`` computes ``(x^T @ grad)^T``, which differs in the last bits for the 100 -> 10 head), input gradient
-  ``grad @ W``, bias gradient ``grad.sum`` over the batch;
-* each member's loss is its own ``F.cross_entropy`` on its slice of the logits, and their sum is differentiated,
-  so every member's gradient is exactly its own; its optimizer then steps its own parameters.
+* each layer is one ``baddbmm`` over the members, which computes what ``F.linear`` (``addmm``) computes for each
+  (``vmap`` of ``F.linear`` does not: it adds the bias after the product, last-bit differences);
+* backward follows ``addmm``'s own formulas: weight gradient ``grad^T @ x``, input gradient ``grad @ W``, bias
+  gradient ``grad.sum`` over the batch; ReLU's is ``threshold_backward`` on its output; cross-entropy's is
+  ``nll_loss_backward`` then ``_log_softmax_backward_data``, each member's loss its own ``nll_loss`` (mean);
+* the SGD update ``p.add_(grad, alpha=-lr)`` runs on the stacked tensors.
 
-Kernels are chosen by shape, so before a shape is used it is probed once per process: random inputs of exactly
-that shape through the stacked layer and through ``F.linear`` member by member, forward and backward; any bit of
-difference and that step (and every later one of that shape) runs member by member instead. The seed-group
-tests train whole runs both ways and compare every number.
+Kernels are chosen by shape, so before a shape is used it is probed once per process: random weights and inputs
+of exactly that shape through this step and through autograd member by member (loss and every gradient, and the
+update); any bit of difference and that step (and every later one of that shape) runs member by member instead.
+The seed-group tests train whole runs both ways and compare every number.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -28,51 +31,73 @@ from torch import Tensor, nn
 from ...models import ContinualModel
 from ...models.backbones import MLP
 
-
-class StackedLinear(torch.autograd.Function):
-    """``F.linear`` of every member at once: ``x (S, B, I)``, ``weight (S, O, I)``, ``bias (S, O)`` -> ``(S, B, O)``,
-    with the same kernels as the members' separate ``addmm`` forward and backward (module docstring)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(1) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+_aten = torch.ops.aten
 
 
-#: (members, batch, in, out, input needs grad) -> whether the stacked layer is bit-identical there (probed)
+@functools.lru_cache(maxsize=None)
+def _mean_nll_grad(batch: int) -> float:
+    """``nll_loss_backward``'s value at the label for a mean over ``batch`` samples: ``-(1 / batch)`` in float32."""
+    return -(1.0 / torch.tensor(float(batch))).item()
+
+
+@torch.no_grad()
+def _losses_and_grads(weights: list[Tensor], biases: list[Tensor], x: Tensor, labels: Tensor):
+    """Cross-entropy of each member's MLP (``x (S, B, I)``, stacked ``weights[k] (S, O, I)``, ``biases[k]
+    (S, O)``, ``labels (S, B)``) and its gradients, with the kernels autograd runs for one member alone (module
+    docstring). Returns ``(losses, weight_grads, bias_grads)``."""
+    batch = x.shape[1]
+    last = len(weights) - 1
+    acts, h = [x], x
+    for k in range(last + 1):
+        if k:
+            acts.append(torch.relu(h))
+        h = torch.baddbmm(biases[k].unsqueeze(1), acts[k], weights[k].transpose(1, 2))
+    log_p = torch.log_softmax(h, 2)
+    losses = [_aten.nll_loss_forward(lp, y, None, 1, -100)[0] for lp, y in zip(log_p.unbind(0), labels.unbind(0))]
+    # nll_loss_backward of a mean: -(1 / batch) at each sample's label, 0 elsewhere (the value in float32)
+    grad = torch.zeros_like(log_p).scatter_(2, labels.unsqueeze(2), _mean_nll_grad(batch))
+    grad = _aten._log_softmax_backward_data(grad, log_p, 2, log_p.dtype)
+    weight_grads, bias_grads = [None] * (last + 1), [None] * (last + 1)
+    for k in range(last, -1, -1):
+        weight_grads[k], bias_grads[k] = torch.bmm(grad.transpose(1, 2), acts[k]), grad.sum(1)
+        if k:
+            grad = _aten.threshold_backward(torch.bmm(grad, weights[k]), acts[k], 0)
+    return losses, weight_grads, bias_grads
+
+
+#: (members, batch, layer shapes, lr) -> whether the written-out step is bit-identical there (probed)
 _EXACT: dict[tuple, bool] = {}
 
 
-def stacked_layer_is_exact(members: int, batch: int, n_in: int, n_out: int, input_grad: bool) -> bool:
-    """Probe (once per process and shape) that :class:`StackedLinear` gives, bit for bit, what ``F.linear``
-    gives each member alone, forward and backward."""
-    key = (members, batch, n_in, n_out, input_grad)
+def grouped_step_is_exact(members: int, batch: int, shapes: tuple, lr: float | None) -> bool:
+    """Probe (once per process and shape) that :func:`_losses_and_grads` gives, bit for bit, the loss and the
+    gradients autograd gives each member alone, and (``lr`` not None) that the SGD update of the stacked tensors
+    equals each member's own update."""
+    key = (members, batch, tuple(shapes), lr)
     if key not in _EXACT:
         g = torch.Generator().manual_seed(1234)
-        x = torch.randn(members, batch, n_in, generator=g)
-        w = torch.randn(members, n_out, n_in, generator=g) / n_in ** 0.5
-        b = torch.randn(members, n_out, generator=g)
-        grad = torch.randn(members, batch, n_out, generator=g)
-        xs, ws, bs = (t.clone().requires_grad_(input_grad or t is not x) for t in (x, w, b))
-        out = StackedLinear.apply(xs, ws, bs)
-        out.backward(grad)
+        x = torch.randn(members, batch, shapes[0][1], generator=g)
+        labels = torch.randint(0, shapes[-1][0], (members, batch), generator=g)
+        weights = [torch.randn(members, *shape, generator=g) / shape[1] ** 0.5 for shape in shapes]
+        biases = [torch.randn(members, shape[0], generator=g) for shape in shapes]
+        losses, weight_grads, bias_grads = _losses_and_grads(weights, biases, x, labels)
         exact = True
         for s in range(members):
-            xa, wa, ba = x[s].clone().requires_grad_(input_grad), w[s].clone().requires_grad_(), b[s].clone().requires_grad_()
-            alone = F.linear(xa, wa, ba)
-            alone.backward(grad[s])
-            pairs = [(alone, out[s]), (wa.grad, ws.grad[s]), (ba.grad, bs.grad[s])]
-            if input_grad:
-                pairs.append((xa.grad, xs.grad[s]))
-            exact = exact and all(torch.equal(a, c) for a, c in pairs)
+            params = [t[s].clone().requires_grad_() for pair in zip(weights, biases) for t in pair]
+            h = x[s]
+            for k in range(len(shapes)):
+                h = F.linear(h, params[2 * k], params[2 * k + 1])
+                h = torch.relu(h) if k < len(shapes) - 1 else h
+            loss = F.cross_entropy(h, labels[s])
+            loss.backward()
+            grads = [t[s] for pair in zip(weight_grads, bias_grads) for t in pair]
+            exact = exact and torch.equal(loss, losses[s]) and all(torch.equal(p.grad, q) for p, q in zip(params, grads))
+            if lr is not None:
+                stacked = [t.clone() for pair in zip(weights, biases) for t in pair]
+                torch._foreach_add_(stacked, [t for pair in zip(weight_grads, bias_grads) for t in pair], alpha=-lr)
+                with torch.no_grad():
+                    exact = exact and all(torch.equal(p.detach().add_(p.grad, alpha=-lr), t[s])
+                                          for p, t in zip(params, stacked))
         _EXACT[key] = exact
     return _EXACT[key]
 
@@ -106,45 +131,21 @@ def _plain_sgd_lr(method) -> float | None:
     return float(g["lr"])
 
 
-#: (stacked shape, lr) -> whether ``stack.add_(grad, alpha=-lr)`` equals that update slice by slice (probed)
-_ADD_EXACT: dict[tuple, bool] = {}
-
-
-def stacked_update_is_exact(shape: tuple, lr: float) -> bool:
-    """Probe (once per process, shape and learning rate) that the SGD update of a stacked tensor gives, bit for
-    bit, the update of each member's slice alone (elementwise kernels may treat a tensor's last elements apart)."""
-    key = (tuple(shape), lr)
-    if key not in _ADD_EXACT:
-        g = torch.Generator().manual_seed(4321)
-        param, grad = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-        together = param.clone().add_(grad, alpha=-lr)
-        _ADD_EXACT[key] = all(torch.equal(param[s].clone().add_(grad[s], alpha=-lr), together[s])
-                              for s in range(shape[0]))
-    return _ADD_EXACT[key]
-
-
-def _stacked_sgd(members, stack: "_Stack", tensors: list[Tensor]) -> bool:
-    """When every member steps with the same plain SGD over exactly its stacked layers (no other parameter),
-    update the stacks in place, one ``add_`` per tensor (probed exact, :func:`stacked_update_is_exact`); returns
-    whether it did."""
+def _stacked_sgd_lr(members, stack: "_Stack") -> float | None:
+    """The learning rate when every member steps with the same plain SGD over exactly its stacked layers (no
+    other parameter, no global optimizer hook), so the update can run on the stacks; else None."""
     from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
     if _global_optimizer_pre_hooks or _global_optimizer_post_hooks:
-        return False
+        return None
     lrs = {_plain_sgd_lr(m) for m in members}
     if len(lrs) != 1 or None in lrs:
-        return False
-    lr = lrs.pop()
+        return None
     if stack.owned is None:
         stack.owned = all(len(m.opt.param_groups[0]["params"]) == len(ls) * 2 and all(
             a is b for a, b in zip(m.opt.param_groups[0]["params"], [p for layer in ls for p in (layer.weight, layer.bias)]))
             for m, ls in zip(members, stack.layers))
-    if not stack.owned or not all(stacked_update_is_exact(t.shape, lr) for t in tensors):
-        return False
-    with torch.no_grad():
-        for t in tensors:
-            t.data.add_(t.grad, alpha=-lr)
-    return True
+    return lrs.pop() if stack.owned else None
 
 
 def _optimizer_steps(members) -> None:
@@ -176,7 +177,8 @@ class _Stack:
 
     def __init__(self, members, layers: list[list[nn.Linear]]):
         self.members, self.layers = list(members), layers
-        self.owned = None  # whether each member's optimizer steps exactly its stacked layers (see _stacked_sgd)
+        self.owned = None  # whether each member's optimizer steps exactly its stacked layers (see _stacked_sgd_lr)
+        self.shapes = tuple(tuple(layer.weight.shape) for layer in layers[0])
         self.weights, self.biases = [], []
         for k in range(len(layers[0])):
             for name, out in (("weight", self.weights), ("bias", self.biases)):
@@ -208,10 +210,11 @@ def release_stacks() -> None:
         _STACKS.popitem()[1].release()
 
 
-def _stack_for(members, inputs: list[Tensor]) -> _Stack | None:
-    """The members' stack when their step can be computed stacked and exactly, else None."""
-    if len(members) < 2 or any(x.shape != inputs[0].shape or x.dtype != torch.float32 or x.device.type != "cpu"
-                               for x in inputs) or not all(m.model.training for m in members):
+def _stack_for(members, x: Tensor | None) -> _Stack | None:
+    """The members' stack when their models are MLPs of one shape, fed ``x`` (their inputs stacked; None when
+    the batches differ in shape), else None."""
+    if len(members) < 2 or x is None or x.dtype != torch.float32 or x.device.type != "cpu" \
+            or not all(m.model.training for m in members):
         return None
     key = tuple(id(m) for m in members)
     stack = _STACKS.get(key)
@@ -228,37 +231,50 @@ def _stack_for(members, inputs: list[Tensor]) -> _Stack | None:
                     or not layer.weight.requires_grad or not layer.bias.requires_grad for layer in ls):
                 return None
         stack = _STACKS[key] = _Stack(members, layers)
-    batch = inputs[0].shape[0]
-    if not all(stacked_layer_is_exact(len(members), batch, w.shape[2], w.shape[1], k > 0)
-               for k, w in enumerate(stack.weights)):
-        return None
     return stack
 
 
-def grouped_cross_entropy_step(members, inputs: list[Tensor], labels: list[Tensor]) -> list[Tensor]:
-    """``[m.step(F.cross_entropy(m.model(x), y)) for m, x, y in zip(members, inputs, labels)]``, computed stacked
-    when the members are MLPs of one shape fed batches of one shape (module docstring), else member by member."""
-    stack = _stack_for(members, inputs)
-    if stack is None:
-        return [m.step(F.cross_entropy(m.model(x), y)) for m, x, y in zip(members, inputs, labels)]
+def converted_together(members, stored: list[Tensor], rng) -> Tensor | list[Tensor]:
+    """The members' stored batches as network input: one ``(members, batch, ...)`` tensor converted in one call
+    when every member's training transform is the same deterministic conversion (elementwise, so the values are
+    those of converting each batch), else a list converted member by member, each inside ``rng(i)`` (its own
+    random augmentation draws)."""
+    first = members[0].ctx.train_transform
+    convert = getattr(first, "converts_like", None)
+    if convert is not None and len({x.shape for x in stored}) == 1 \
+            and all(convert(m.ctx.train_transform) for m in members):
+        joined = torch.stack(stored)
+        return members[0].augment(joined.flatten(0, 1)).unflatten(0, joined.shape[:2])
+    out = []
+    for i, (m, x) in enumerate(zip(members, stored)):
+        with rng(i):
+            out.append(m.augment(x))
+    return out
+
+
+def grouped_cross_entropy_step(members, inputs: Tensor | list[Tensor], labels: list[Tensor]) -> list[Tensor]:
+    """``[m.step(F.cross_entropy(m.model(x), y)) for m, x, y in zip(members, inputs, labels)]``, computed together
+    when the members are MLPs of one shape fed batches of one shape (module docstring), else member by member.
+    ``inputs``: the members' network inputs, a list or already stacked (:func:`converted_together`)."""
+    if isinstance(inputs, Tensor):
+        x = inputs
+    else:
+        x = torch.stack(inputs) if len({t.shape for t in inputs}) == 1 else None
+    stack = _stack_for(members, x)
+    lr = None if stack is None else _stacked_sgd_lr(members, stack)
+    if stack is None or not grouped_step_is_exact(len(members), x.shape[1], stack.shapes, lr):
+        return [m.step(F.cross_entropy(m.model(xi), y)) for m, xi, y in zip(members, inputs, labels)]
     from ..base import clear_grads
 
-    weights = [w.detach().requires_grad_() for w in stack.weights]
-    biases = [b.detach().requires_grad_() for b in stack.biases]
-    h = torch.stack(inputs).flatten(2)
-    last = len(weights) - 1
-    for k in range(last + 1):
-        h = StackedLinear.apply(h, weights[k], biases[k])
-        if k < last:
-            h = torch.relu(h)
-    losses = [F.cross_entropy(logits, y) for logits, y in zip(h.unbind(0), labels)]
-    for m in members:
-        clear_grads(m.opt)
-    torch.autograd.backward(losses)  # each loss's gradient is 1, as in loss.backward()
-    tensors = [*weights, *biases]
-    if not _stacked_sgd(members, stack, tensors):
+    losses, weight_grads, bias_grads = _losses_and_grads(stack.weights, stack.biases, x.flatten(2), torch.stack(labels))
+    if lr is not None:  # the members' plain SGD on the stacks: one add_ per tensor (probed equal to each member's)
+        with torch.no_grad():
+            torch._foreach_add_([*stack.weights, *stack.biases], [*weight_grads, *bias_grads], alpha=-lr)
+    else:
+        for m in members:
+            clear_grads(m.opt)
         for s, ls in enumerate(stack.layers):
             for k, layer in enumerate(ls):
-                layer.weight.grad, layer.bias.grad = weights[k].grad[s], biases[k].grad[s]
+                layer.weight.grad, layer.bias.grad = weight_grads[k][s], bias_grads[k][s]
         _optimizer_steps(members)
-    return [loss.detach() for loss in losses]
+    return losses

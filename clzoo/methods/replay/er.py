@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.seed_stack import grouped_cross_entropy_step
+from ..parts.seed_stack import converted_together, grouped_cross_entropy_step
 from ..registry import register_method
 
 
@@ -31,25 +31,39 @@ class ER(Method):
 
     def with_replay(self, x, y):
         """The step's network input and labels: the incoming batch, then a batch drawn from the buffer."""
-        if self.buffer.is_empty:
-            return self.augment(x), y
-        if self.ctx.train_transform.augments:  # random augmentation draws for the incoming batch come first
-            inputs = self.augment(x)
+        if self.ctx.train_transform.augments and not self.buffer.is_empty:
+            inputs = self.augment(x)  # random augmentation draws for the incoming batch come first
             replay = self.buffer.sample(self.minibatch_size)
             return torch.cat([inputs, self.augment(replay.x)]), torch.cat([y, replay.y])
         # the two batches joined as stored and converted once (the same values as converting each)
+        stored, labels = self.joined_with_replay(x, y)
+        return self.augment(stored), labels
+
+    def joined_with_replay(self, x, y):
+        """The incoming batch and a batch drawn from the buffer, joined as stored (no augmentation)."""
+        if self.buffer.is_empty:
+            return x, y
         replay = self.buffer.sample(self.minibatch_size)
-        return self.augment(torch.cat([x, replay.x])), torch.cat([y, replay.y])
+        return torch.cat([x, replay.x]), torch.cat([y, replay.y])
 
     @classmethod
     def observe_group(cls, members, xs, ys, task_id, rng):
         """:meth:`observe` of several seeds' methods at once (clzoo.engine.seed_group); ``rng(i)`` is the context
         in which member ``i`` draws random numbers (its own generator state)."""
-        batches = []
-        for i, (m, x, y) in enumerate(zip(members, xs, ys)):
-            with rng(i):
-                batches.append(m.with_replay(x, y))
-        losses = grouped_cross_entropy_step(members, [b[0] for b in batches], [b[1] for b in batches])
+        if any(m.ctx.train_transform.augments for m in members):  # augmentation draws come before the buffer's
+            batches = []
+            for i, (m, x, y) in enumerate(zip(members, xs, ys)):
+                with rng(i):
+                    batches.append(m.with_replay(x, y))
+            inputs, labels = [b[0] for b in batches], [b[1] for b in batches]
+        else:
+            joined = []
+            for i, (m, x, y) in enumerate(zip(members, xs, ys)):
+                with rng(i):
+                    joined.append(m.joined_with_replay(x, y))
+            inputs = converted_together(members, [b[0] for b in joined], rng)
+            labels = [b[1] for b in joined]
+        losses = grouped_cross_entropy_step(members, inputs, labels)
         for i, (m, x, y) in enumerate(zip(members, xs, ys)):
             with rng(i):
                 m.buffer.add(x, y, task_id)
