@@ -14,6 +14,7 @@ from clzoo.memory.aligned import (aligned_budget_mb, aligned_memory, auc_points,
 from clzoo.memory.selection import herding
 from clzoo.methods import RunContext, StreamInfo, make_method
 from clzoo.models import MLP, ContinualModel, ConvNet2, cifar_resnet, resnet32
+from clzoo.models.expandable import ExpandableNet
 from clzoo.testing import TINY_STREAM, check_method, tiny_config
 
 SMALL_MLP = {"_target_": "clzoo.models.MLP", "hidden_sizes": [24, 24]}
@@ -185,6 +186,23 @@ def test_weight_aligning_equalises_the_mean_norms_of_old_and_new_rows(digits_str
     w = m.model.head.weight.detach()[:, :m.model.n_features]
     assert gamma < 1
     assert float(w[:2].norm(dim=1).mean()) == pytest.approx(float(w[2:4].norm(dim=1).mean()), rel=1e-5)
+
+
+def test_the_heads_first_block_columns_start_as_a_plain_linear_head_whatever_the_number_of_tasks():
+    """Block 0's head columns and the bias are initialised as nn.Linear(feature_dim, n_classes) (the head every
+    other method starts from, and what add_block gives later blocks); they used to take the fan-in of the whole
+    allocated head (feature_dim x n_tasks), 1/sqrt(n_tasks) of that scale."""
+    torch.manual_seed(0)
+    generalized, block = resnet32(CIFAR).expansion_split()
+    net = ExpandableNet(generalized, block, 64, n_classes=100, max_blocks=10, aux_classes=11)
+    bound = 1 / 64 ** 0.5
+    first, rest = net.head.weight.detach()[:, :64], net.head.weight.detach()[:, 64:]
+    assert first.abs().max() <= bound and first.abs().max() > 0.9 * bound
+    assert net.head.bias.abs().max() <= bound and net.head.bias.abs().max() > 0.9 * bound
+    assert torch.count_nonzero(rest) == 0
+    net.add_block()
+    second = net.head.weight.detach()[:, 64:128]
+    assert second.abs().max() <= bound and second.abs().max() > 0.9 * bound and torch.equal(net.head.weight[:, :64], first)
 
 
 def test_herding_picks_the_published_order_on_a_toy_set():

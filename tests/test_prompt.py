@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clzoo.memory.ledger import measure
 from clzoo.methods.base import RunContext, StreamInfo
@@ -104,6 +105,20 @@ def test_gram_schmidt_keeps_earlier_rows_and_makes_new_ones_orthonormal():
         gram_schmidt_rows(torch.zeros(20, 16), 10, 17)
 
 
+def test_gram_schmidt_makes_new_rows_orthogonal_to_trained_earlier_rows():
+    """After a task the earlier rows are trained: no longer unit-norm or mutually orthogonal. The new rows must
+    still be orthogonal to them (projecting on the raw rows instead amplified their directions: |cos| up to 0.8)."""
+    torch.manual_seed(0)
+    M = gram_schmidt_rows(torch.zeros(20, 64), 0, 10)
+    trained = M.clone()
+    trained[:10] = 3.0 * M[:10] + 0.05 * torch.randn(10, 64)   # as after training: grown and no longer orthogonal
+    out = gram_schmidt_rows(trained, 10, 20)
+    assert torch.equal(out[:10], trained[:10])
+    old, new = F.normalize(out[:10].double(), dim=1), out[10:20].double()
+    assert (new @ old.t()).abs().max() < 1e-5
+    torch.testing.assert_close(new @ new.t(), torch.eye(10, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
 def test_coda_freezes_earlier_components_and_masks_past_classes():
     model = _tiny_model()
     method = CodaPrompt(model, _ctx(), pool_size=10, length=4)
@@ -118,6 +133,8 @@ def test_coda_freezes_earlier_components_and_masks_past_classes():
         if name.startswith("prompt."):
             assert torch.equal(after_init[name][:2], before[name][:2]), name   # task 0's rows kept bit for bit
             assert not torch.equal(after_init[name][2:4], before[name][2:4]), name
+            old, new = F.normalize(after_init[name][:2].flatten(1).double(), dim=1), after_init[name][2:4].flatten(1)
+            assert (new.double() @ old.t()).abs().max() < 1e-5, name          # orthogonal to the trained rows
     method.zero_grad(set_to_none=True)
     feats, _ = method.features(method.augment(x), train=True, task_id=1)
     torch.nn.functional.cross_entropy(method.model.head(feats)[:, 2:4], torch.tensor([0, 1] * 4)).backward()

@@ -33,8 +33,11 @@ class ExpandableNet(nn.Module):
         self.blocks = nn.ModuleList([tag_memory(specialized, "backbone")])
         self.head = tag_memory(nn.Linear(self.feature_dim * self.max_blocks, n_classes), "heads")
         self.aux_head = tag_memory(nn.Linear(self.feature_dim, aux_classes), "heads")
-        with torch.no_grad():
+        with torch.no_grad():  # the first block's columns as nn.Linear(feature_dim, n_classes), whatever max_blocks
             self.head.weight[:, self.feature_dim:].zero_()
+            self._fresh_columns(0)
+            bound = 1 / self.feature_dim ** 0.5
+            self.head.bias.uniform_(-bound, bound)
         # also when loaded as a sub-module (a method's state dict): grow before the blocks are loaded
         self.register_load_state_dict_pre_hook(self._grow_before_load)
 
@@ -58,12 +61,16 @@ class ExpandableNet(nn.Module):
         block.requires_grad_(True)
         block.train(self.training)
         self.blocks.append(block)
-        cols = slice(self.feature_dim * (self.n_blocks - 1), self.feature_dim * self.n_blocks)
         with torch.no_grad():
-            fresh = torch.empty(self.head.out_features, self.feature_dim, device=self.head.weight.device)
-            nn.init.kaiming_uniform_(fresh, a=5 ** 0.5)  # nn.Linear's own initialisation
-            self.head.weight[:, cols] = fresh
+            self._fresh_columns(self.n_blocks - 1)
         return block
+
+    def _fresh_columns(self, index: int) -> None:
+        """nn.Linear's own initialisation (fan-in ``feature_dim``) for the head columns of block ``index``."""
+        cols = slice(self.feature_dim * index, self.feature_dim * (index + 1))
+        fresh = torch.empty(self.head.out_features, self.feature_dim, device=self.head.weight.device)
+        nn.init.kaiming_uniform_(fresh, a=5 ** 0.5)
+        self.head.weight[:, cols] = fresh
 
     def reset_aux_head(self) -> None:
         self.aux_head.reset_parameters()

@@ -34,13 +34,15 @@ from ..registry import register_method
 
 def gram_schmidt_rows(M: torch.Tensor, start: int, stop: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A copy of ``M`` (rows = flattened components) whose rows ``[start, stop)`` are random, orthonormal and
-    orthogonal to rows ``[0, start)`` (assumed orthonormal); rows ``< start`` are copied bit for bit."""
+    orthogonal to rows ``[0, start)``; rows ``< start`` are copied bit for bit. The earlier rows have been trained,
+    so they are neither unit-norm nor mutually orthogonal any more: the new rows are made orthogonal to an
+    orthonormal basis of their span (QR), not to the rows themselves."""
     flat = M.detach().reshape(M.shape[0], -1)
     if stop > flat.shape[1]:
         raise ValueError(f"coda_prompt: {stop} orthogonal components cannot exist in {flat.shape[1]} dimensions; "
                          f"lower method.pool_size (at most {flat.shape[1]} for this ViT width)")
     out = flat.clone()
-    basis = flat[:start].double()
+    basis = torch.linalg.qr(flat[:start].double().t()).Q.t() if start else flat[:0].double()
     for k in range(start, stop):
         v = torch.randn(flat.shape[1], dtype=torch.float64, generator=generator).to(flat.device)
         for _ in range(2):  # twice is enough (Kahan): orthogonal to working precision
