@@ -149,6 +149,35 @@ def test_napavq_old_coding_vectors_get_exactly_zero_gradient():
     assert torch.equal(edges, edges.T) and torch.equal(edges.diagonal(), torch.ones(len(edges)))
 
 
+# ---------------------------------------------------------------- PASS
+def test_pass_head_rows_of_unseen_classes_keep_their_initial_values_under_weight_decay():
+    """Adam's L2 weight decay alone used to shrink the rows of classes not seen yet to ~0 before their task."""
+    method, stream = built("pass", optimizer={**ADAM, "weight_decay": 2e-4})
+    head = method.model.head
+    initial_w, initial_b = head.weight.detach().clone(), head.bias.detach().clone()
+    train_task(method, stream.tasks[0], steps=4)
+    seen = 4 * method.seen_classes(0)
+    assert not torch.equal(head.weight[:seen], initial_w[:seen])          # the first task's rows are trained
+    assert torch.equal(head.weight[seen:], initial_w[seen:]) and torch.equal(head.bias[seen:], initial_b[seen:])
+    method.start_task(stream.tasks[1])
+    method.observe(stream.tasks[1].x_train[:10], stream.tasks[1].y_train[:10], 1)
+    now = 4 * method.seen_classes(1)
+    assert not torch.equal(head.weight[seen:now], initial_w[seen:now])    # the new task's rows start learning
+    assert torch.equal(head.weight[now:], initial_w[now:])
+
+
+@pytest.mark.parametrize("name", ["pass", "napavq", "prd"])
+def test_run_milestones_apply_to_the_methods_own_optimizer(name):
+    """PASS, NAPA-VQ and PRD build their own optimizer; trainer.optimizer.milestones used to be dropped silently."""
+    method, stream = built(name, optimizer={**ADAM, "milestones": [1], "gamma": 0.1})
+    task = stream.tasks[0]
+    method.start_task(task)
+    before = [group["lr"] for group in method.opt.param_groups]
+    method.observe(task.x_train[:10], task.y_train[:10], 0)
+    method.end_epoch()
+    assert [group["lr"] for group in method.opt.param_groups] == pytest.approx([lr * 0.1 for lr in before])
+
+
 # ---------------------------------------------------------------- PRD
 def test_prd_relation_kl_is_zero_at_the_first_step_of_a_new_task_then_not():
     method, stream = built("prd")

@@ -162,8 +162,14 @@ class Method(nn.Module):
         """A fresh optimizer over :meth:`trainable_parameters` (and its learning-rate schedule, when
         ``trainer.optimizer.milestones`` is set: multiplied by ``gamma`` at those epochs of every task)."""
         self.opt = build_optimizer(self.trainable_parameters(), **self.ctx.optimizer)
+        self.schedule_milestones(self.opt)
+
+    def schedule_milestones(self, optimizer: torch.optim.Optimizer) -> None:
+        """``trainer.optimizer.milestones`` on ``optimizer`` (its learning rates times ``gamma`` at those epochs of the
+        task; stepped by :meth:`end_epoch`). A method that builds its own optimizer in ``reset_optimizer`` calls it,
+        so the run's schedule is not silently dropped."""
         milestones = self.ctx.optimizer.get("milestones") or []
-        self.milestone_schedule = (torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(m) for m in milestones],
+        self.milestone_schedule = (torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(m) for m in milestones],
                                                                         float(self.ctx.optimizer.get("gamma", 0.1)))
                                    if milestones else None)
 

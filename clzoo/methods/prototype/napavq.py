@@ -128,6 +128,7 @@ class NAPAVQ(ExemplarFreeMethod):
         lr = float(self.ctx.optimizer.get("lr", 0.1)) * scale
         self.opt = build_optimizer(self.model.parameters(), **{**self.ctx.optimizer, "lr": lr})
         self.cv_opt = torch.optim.SGD(self.navq.parameters(), lr=self.cv_lr * scale)
+        self.schedule_milestones(self.opt)  # the backbone's; the CVs have their own StepLR
 
     def n_joint(self, task_id: int) -> int:
         return N_ROTATIONS * self.seen_classes(task_id)

@@ -33,6 +33,7 @@ class NCM(ExemplarFreeMethod):
             super().reset_optimizer()
         else:
             self.opt = None
+            self.milestone_schedule = None
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
 

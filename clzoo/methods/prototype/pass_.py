@@ -18,7 +18,8 @@ Memory: backbone, the 4C-way head, one prototype per class and the radius (``pro
 backbone (``teachers``); no exemplar. Differences from the code: prototypes are means over the un-augmented
 training images (the code averages features of its augmented training loader, dropping the last incomplete
 batch); the optimizer is the run's (the paper: Adam lr 1e-3, weight decay 2e-4, StepLR 45 epochs x 0.1, 100 epochs,
-batch 64).
+batch 64). The head has rows for every class from the start; a class's rows are kept at their initial values until
+its task starts (:meth:`PASS.step_seen_rows`), as the code's freshly created rows.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class PASS(ExemplarFreeMethod):
     def reset_optimizer(self):
         lr = float(self.ctx.optimizer.get("lr", 0.1)) * (self.later_lr_scale if self.current_task > 0 else 1.0)
         self.opt = build_optimizer(self.trainable_parameters(), **{**self.ctx.optimizer, "lr": lr})
+        self.schedule_milestones(self.opt)
 
     def begin_task(self, task):
         self.schedule_epochs(self.opt, self.lr_step_epochs, self.lr_gamma)
@@ -78,7 +80,20 @@ class PASS(ExemplarFreeMethod):
             proto, cls = self.prototypes.sample_gaussian(self.proto_batch_size or len(x), old, self.radius)
             logits = self.model.head(proto)[:, :n_joint]
             loss = loss + self.proto_aug_weight * F.cross_entropy(logits / self.temperature, N_ROTATIONS * cls)
+        return self.step_seen_rows(loss, n_joint)
+
+    def step_seen_rows(self, loss, n_joint: int):
+        """:meth:`step`, leaving the head rows of classes not seen yet (rows ``n_joint:``) as they were. The code
+        creates a class's rows when its task starts (``Incremental_learning``); here they exist from the start, and
+        the optimizer's weight decay alone would move them (Adam's L2 term shrinks a row it gets no other gradient
+        for by about lr per step: a first task of 395 steps at lr 1e-3 leaves them near 0), so a new class would
+        start from zero rows instead of freshly initialised ones. Without weight decay this changes nothing."""
+        head = self.model.head
+        kept = [(p, p[n_joint:].clone()) for p in (head.weight, head.bias) if p is not None]
         loss = self.step(loss)
+        with torch.no_grad():
+            for p, rows in kept:
+                p[n_joint:] = rows
         return loss
 
     @torch.no_grad()

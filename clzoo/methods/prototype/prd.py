@@ -79,6 +79,7 @@ class PRD(ExemplarFreeMethod):
         if isinstance(self.opt, torch.optim.SGD):
             group.update(momentum=0.0, nesterov=False)
         self.opt.add_param_group(group)
+        self.schedule_milestones(self.opt)
 
     def training_data(self, task):
         x, y = task.x_train, task.y_train
