@@ -105,6 +105,7 @@ def name_run(container: dict) -> dict:
 _TYPED = {
     "seed": ("int", None, False),
     "trainer.epochs": ("int", 1, False),
+    "trainer.first_task_epochs": ("int", 1, True),
     "trainer.batch_size": ("int", 1, False),
     "trainer.eval_batch_size": ("int", 1, False),
     "trainer.log_every": ("int", 1, False),

@@ -93,7 +93,8 @@ def pretrain(cfg: dict, show_progress: bool = True) -> dict:
     src, classes, (x_tr, y_tr, x_te, y_te) = _source_subset(cfg["source"], data.get("root"),
                                                             data.get("download", False), seed)
     aug = cfg.get("augment") or {}
-    train_tf = BatchTransform(aug.get("mean"), aug.get("std"), aug.get("crop_padding", 0), aug.get("hflip", False)).to(device)
+    train_tf = BatchTransform(aug.get("mean"), aug.get("std"), aug.get("crop_padding", 0), aug.get("hflip", False),
+                              aug.get("brightness", 0.0)).to(device)
     eval_tf = train_tf.without_augmentation().to(device)
 
     seed_everything(seed)

@@ -114,3 +114,34 @@ def test_no_per_sample_python():
     transform = BatchTransform(MEAN, STD, crop_padding=4, hflip=True)
     small, large = _calls(transform, 2), _calls(transform, 512)
     assert small == large and small < 100
+
+
+def test_brightness_scales_each_sample_within_the_range_and_clips_like_colorjitter():
+    """``augment.brightness`` is torchvision's ColorJitter(brightness=b), batched: one factor per sample from
+    [1 - b, 1 + b], result clipped to [0, 1]; with b = 0 nothing is drawn (runs without it are unchanged)."""
+    from torchvision.transforms import ColorJitter
+
+    from clzoo.data.augment import random_brightness
+
+    torch.manual_seed(0)
+    x = torch.rand(500, 3, 6, 6) * 0.5 + 0.25  # nothing clipped below 1.5x, so factors can be read back
+    out = random_brightness(x, 63 / 255)
+    factors = (out / x).flatten(1)
+    assert torch.allclose(factors, factors[:, :1].expand_as(factors), atol=1e-5)  # one factor per sample
+    f = factors[:, 0]
+    assert f.min() >= 1 - 63 / 255 - 1e-6 and f.max() <= 1 + 63 / 255 + 1e-6
+    assert f.std() > 0.1  # spread over the range (uniform on [0.753, 1.247]: std 0.143)
+    bright = random_brightness(torch.full((4, 3, 2, 2), 0.9), 0.9)
+    assert bright.max() <= 1.0 and bright.min() >= 0.0
+    # torchvision on the same factor: adjust_brightness of a float image is the clipped product
+    jitter = ColorJitter(brightness=(1.2, 1.2))
+    assert torch.allclose(jitter(x[0]), (x[0] * 1.2).clamp(0, 1))
+
+    plain, with_b = BatchTransform(MEAN, STD), BatchTransform(MEAN, STD, brightness=63 / 255)
+    assert not plain.augments and with_b.augments
+    imgs = _images(8)
+    state = torch.get_rng_state()
+    plain(imgs)
+    assert torch.equal(torch.get_rng_state(), state)  # brightness 0: no random draw
+    with pytest.raises(ValueError, match="brightness"):
+        BatchTransform(brightness=-0.1)

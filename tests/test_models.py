@@ -110,3 +110,26 @@ def test_pretrained_weights_offline_give_a_clear_error(tmp_path, monkeypatch):
     message = str(info.value)
     assert "vit_tiny_patch16_224" in message and "model.pretrained=false" in message and "HF_HOME" in message
     assert isinstance(info.value, ValueError)  # a configuration error: clzoo-run reports it without a traceback
+
+
+def test_cifar_resnet_he_init_draws_convolutions_like_pycil_and_default_is_unchanged():
+    """``model.conv_init=he``: N(0, 2 / (k * k * out_channels)) convolution weights (PyCIL / MEMO's CIFAR ResNets);
+    the default leaves PyTorch's initialisation, bit for bit as before the option existed."""
+    import math
+
+    from clzoo.models import cifar_resnet
+
+    torch.manual_seed(0)
+    he = cifar_resnet((3, 32, 32), 20, conv_init="he")
+    convs = [m for m in he.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        k, out = conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels
+        assert abs(conv.weight.std().item() / math.sqrt(2.0 / (k * out)) - 1) < 0.15
+    torch.manual_seed(0)
+    default = cifar_resnet((3, 32, 32), 20)
+    torch.manual_seed(0)
+    again = cifar_resnet((3, 32, 32), 20, conv_init="default")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(convs[-1].weight, [m for m in default.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight)
+    with pytest.raises(ValueError, match="conv_init"):
+        cifar_resnet((3, 32, 32), 20, conv_init="xavier")

@@ -67,3 +67,31 @@ def test_engine_trains_only_on_the_rest_and_hands_no_test_data(tmp_path, stream)
         expected = sum(round(0.25 * int((task.y_train == c).sum())) for c in task.classes)
         assert n_val == expected > 0 and n_train + n_val == task.n_train
         assert observed == n_train                                                 # one epoch, validation left out
+
+
+def test_first_task_epochs_trains_the_first_task_longer_and_is_left_out_of_the_hash(tmp_path, monkeypatch):
+    """``trainer.first_task_epochs``: the base task gets its own number of epochs (non-exemplar protocols train it
+    longer); later tasks keep ``trainer.epochs``, and a config without the option hashes as before it existed."""
+    from collections import Counter
+
+    from clzoo.engine.checkpoint import config_hash
+    from clzoo.methods.base import RunContext, StreamInfo
+    from clzoo.methods.baselines.finetune import Finetune
+
+    steps = Counter()
+    observe = Finetune.observe
+    monkeypatch.setattr(Finetune, "observe", lambda self, x, y, t: (steps.update([t]), observe(self, x, y, t))[1])
+    cfg = tiny_config("finetune", epochs=1)
+    plain = run(cfg, tmp_path / "plain", show_progress=False)
+    plain_steps = dict(steps)
+    steps.clear()
+    cfg_long = {**cfg, "trainer": {**cfg["trainer"], "first_task_epochs": 3}}
+    long = run(cfg_long, tmp_path / "long", show_progress=False)
+    assert steps[0] == 3 * plain_steps[0] and all(steps[t] == plain_steps[t] for t in plain_steps if t)
+    assert long["acc_matrix"] != plain["acc_matrix"]
+    assert config_hash({**cfg, "trainer": {**cfg["trainer"], "first_task_epochs": None}}) == config_hash(cfg)
+    assert config_hash(cfg_long) != config_hash(cfg)
+
+    info = StreamInfo(n_tasks=3, n_classes=6, input_shape=(1, 8, 8), task_classes=[[0, 1], [2, 3], [4, 5]])
+    assert [RunContext(info, epochs=2, first_task_epochs=7).epochs_of(t) for t in range(3)] == [7, 2, 2]
+    assert RunContext(info, epochs=2).epochs_of(0) == 2

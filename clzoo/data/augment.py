@@ -29,18 +29,29 @@ def random_hflip(x: Tensor) -> Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def random_brightness(x: Tensor, amount: float) -> Tensor:
+    """Each sample's pixels in [0, 1] scaled by a factor drawn uniformly from [max(0, 1 - amount), 1 + amount], then
+    clipped to [0, 1]: torchvision's ``ColorJitter(brightness=amount)``, batched (PyCIL / MEMO / PASS train CIFAR with
+    ``amount = 63 / 255``; torchvision rounds the result to uint8 on PIL images, this keeps it in float)."""
+    factor = torch.empty(x.shape[0], device=x.device).uniform_(max(0.0, 1.0 - amount), 1.0 + amount)
+    return (x * factor.view(-1, *[1] * (x.dim() - 1))).clamp_(0.0, 1.0)
+
+
 class BatchTransform(nn.Module):
-    """uint8 -> float in [0, 1] -> (optional crop / flip) -> (x - mean) / std, all batched.
+    """uint8 -> float in [0, 1] -> (optional crop / flip / brightness) -> (x - mean) / std, all batched.
 
     ``channels_last`` (set by ``trainer.channels_last``): image batches come out in the NHWC memory layout."""
 
     channels_last: bool = False
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 crop_padding: int = 0, hflip: bool = False):
+                 crop_padding: int = 0, hflip: bool = False, brightness: float = 0.0):
         super().__init__()
         self.crop_padding = int(crop_padding or 0)
         self.hflip = bool(hflip)
+        self.brightness = float(brightness or 0.0)
+        if self.brightness < 0:
+            raise ValueError(f"stream.augment.brightness must be >= 0 (0: off), got {brightness}")
         self.normalize = mean is not None and std is not None
         if self.normalize:
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -48,7 +59,7 @@ class BatchTransform(nn.Module):
 
     @property
     def augments(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop_padding > 0 or self.hflip or self.brightness > 0
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.uint8:
@@ -57,6 +68,8 @@ class BatchTransform(nn.Module):
             x = random_crop(x, self.crop_padding)
         if self.hflip:
             x = random_hflip(x)
+        if self.brightness:
+            x = random_brightness(x, self.brightness)
         if self.normalize:
             x = (x - self.mean) / self.std
         if self.channels_last and x.dim() == 4:

@@ -95,6 +95,10 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("data", "store"): "memory",
     ("stream", "image_size"): None,
     ("stream", "layout_help"): None,   # also unhashed (UNHASHED_KEYS); here for the leaderboard's own hash
+    # the protocol of PyCIL / MEMO's CIFAR runs (clzoo/models/backbones.py, clzoo/data/augment.py)
+    ("model", "conv_init"): "default",
+    ("trainer", "first_task_epochs"): None,
+    ("stream", "augment", "brightness"): 0.0,
 }
 
 

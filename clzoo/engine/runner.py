@@ -109,7 +109,7 @@ def eval_batches(x_all, y_all, batch_size: int, device):
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
     augment = augment or {}
     train = BatchTransform(augment.get("mean"), augment.get("std"), augment.get("crop_padding", 0),
-                           augment.get("hflip", False)).to(device)
+                           augment.get("hflip", False), augment.get("brightness", 0.0)).to(device)
     return train, train.without_augmentation().to(device)
 
 
@@ -198,7 +198,8 @@ def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, sh
     trainer = cfg["trainer"]
     # task-free: the method is not told which task a batch belongs to (engine/online.py)
     task_arg = None if online.is_task_free(cfg) else task.id
-    epochs = 1 if cfg["stream"].get("online", False) else int(trainer["epochs"])
+    epochs = 1 if cfg["stream"].get("online", False) else int(
+        (trainer.get("first_task_epochs") if task.id == 0 else None) or trainer["epochs"])
     bs = int(trainer["batch_size"])
     log_every = max(int(trainer.get("log_every", 10)), 1)
     x_all, y_all = method.training_data(task)
@@ -377,7 +378,8 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
     budget = Budget(**(cfg.get("budget") or {}))
     optimizer_cfg = dict(trainer.get("optimizer") or {"name": "sgd", "lr": 0.1})
     ctx = RunContext(StreamInfo.from_stream(stream, online.is_task_free(cfg)), device, train_tf, eval_tf, budget, optimizer_cfg,
-                     int(trainer["batch_size"]), int(trainer["epochs"]))
+                     int(trainer["batch_size"]), int(trainer["epochs"]),
+                     first_task_epochs=int(trainer["first_task_epochs"]) if trainer.get("first_task_epochs") else None)
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)

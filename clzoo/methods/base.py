@@ -74,8 +74,17 @@ class RunContext:
     optimizer: dict = field(default_factory=lambda: {"name": "sgd", "lr": 0.1})
     batch_size: int = 10
     epochs: int = 1
+    #: ``trainer.first_task_epochs``: epochs of the first task when it differs from the others (a longer base task,
+    #: as non-exemplar protocols train it), else None
+    first_task_epochs: int | None = None
     #: ``trainer.amp=fp16`` on CUDA: the loss scaler every step of :meth:`Method.step` / ``fit_step`` goes through
     grad_scaler: "torch.amp.GradScaler | None" = None
+
+    def epochs_of(self, task_id: int) -> int:
+        """Epochs the engine trains task ``task_id`` for (1 on an online stream)."""
+        if self.stream.online:
+            return 1
+        return self.first_task_epochs if task_id == 0 and self.first_task_epochs else self.epochs
 
 
 def default_foreach(params: list) -> bool | None:

@@ -145,29 +145,46 @@ def reduced_resnet18(input_shape: Sequence[int], nf: int = 20, checkpoint: str |
     return _with_checkpoint(net, checkpoint, allow_overlap, f"reduced_resnet18 (nf={nf}, input {tuple(input_shape)})")
 
 
+CONV_INITS = ("default", "he")
+
+
+def he_init_convolutions(net: nn.Module, conv_init: str) -> None:
+    """``model.conv_init``: ``default`` keeps PyTorch's initialisation; ``he`` draws every convolution's weights from
+    N(0, 2 / (k * k * out_channels)) (He et al., 2015), as PyCIL's and MEMO's CIFAR ResNets do."""
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"unknown model.conv_init '{conv_init}'; choose one of {', '.join(CONV_INITS)}")
+    if conv_init == "he":
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
 def cifar_resnet(input_shape: Sequence[int], depth: int = 32, checkpoint: str | None = None,
-                 allow_overlap: bool = False) -> ResNet:
+                 allow_overlap: bool = False, conv_init: str = "default") -> ResNet:
     """CIFAR ResNet of ``depth`` = 6n + 2 layers (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, n blocks
     per stage, option-A shortcuts. Without the classifier: ResNet-8 74,640, -14 171,856, -20 269,072,
-    -26 366,288, -32 463,504 parameters (the backbones of MEMO's memory-AUC protocol)."""
+    -26 366,288, -32 463,504 parameters (the backbones of MEMO's memory-AUC protocol). ``conv_init``: see
+    :func:`he_init_convolutions` (``he`` is PyCIL's / MEMO's; BatchNorm starts at weight 1, bias 0 either way)."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"a CIFAR ResNet has depth 6n+2 (8, 14, 20, 26, 32, 44, 56, ...); got model.depth={depth}")
     n = (depth - 2) // 6
     net = ResNet(input_shape, [16, 32, 64], [n, n, n], shortcut="pad")
+    he_init_convolutions(net, conv_init)
     return _with_checkpoint(net, checkpoint, allow_overlap, f"CIFAR ResNet-{depth} (input {tuple(input_shape)})")
 
 
-def resnet32(input_shape: Sequence[int], checkpoint: str | None = None, allow_overlap: bool = False) -> ResNet:
+def resnet32(input_shape: Sequence[int], checkpoint: str | None = None, allow_overlap: bool = False,
+             conv_init: str = "default") -> ResNet:
     """CIFAR ResNet-32 (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, 5 blocks per stage, option-A
     shortcuts; 463,504 parameters without the classifier. ``checkpoint``: a state dict of this network."""
-    return cifar_resnet(input_shape, 32, checkpoint, allow_overlap)
+    return cifar_resnet(input_shape, 32, checkpoint, allow_overlap, conv_init)
 
 
 class ConvNet2(nn.Module):
     """Two conv blocks (3x3 conv with bias, BatchNorm, ReLU, 2x2 max-pool), 64 channels, global average pooling:
     the smallest backbone of MEMO's CIFAR memory-AUC protocol (38,976 parameters on RGB input)."""
 
-    def __init__(self, input_shape: Sequence[int], width: int = 64):
+    def __init__(self, input_shape: Sequence[int], width: int = 64, conv_init: str = "default"):
         super().__init__()
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
@@ -175,6 +192,7 @@ class ConvNet2(nn.Module):
         self.block1 = block(input_shape[0], width)
         self.block2 = block(width, width)
         self.out_features = width
+        he_init_convolutions(self, conv_init)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.block2(self.block1(x)), 1).flatten(1)

@@ -68,7 +68,7 @@ class HNET(Method):
         for t, e in enumerate(self.embeddings):
             e.requires_grad_(t == task.id)  # earlier (and later) embeddings stay as they are
         n = len(task.y_train)
-        epochs = 1 if self.ctx.stream.online else self.ctx.epochs
+        epochs = self.ctx.epochs_of(task.id)
         self.steps_in_task, self.step_in_task = max(epochs * -(-n // self.ctx.batch_size), 1), 0
         super().start_task(task)
 

@@ -72,7 +72,7 @@ class PromptMethod(Method):
     def start_task(self, task) -> None:
         super().start_task(task)
         if self.lr_schedule == "cosine":  # set for every epoch by the engine's end_epoch
-            epochs = self.ctx.epochs
+            epochs = self.ctx.epochs_of(task.id)
             self.epoch_schedules.append(
                 torch.optim.lr_scheduler.LambdaLR(self.opt, lambda epoch: cosine_lr(1.0, epoch, epochs)))
 
