@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .data import BatchTransform, load_source
+from .data import load_source
 from .engine.checkpoint import atomic_write_text, config_hash, seed_everything
 from .methods.base import build_optimizer
 from .models.pretrained import sha256_file
@@ -77,7 +77,7 @@ def _accuracy(backbone, head, x, y, transform, device, batch: int = 500) -> floa
 
 def pretrain(cfg: dict, show_progress: bool = True) -> dict:
     """Train ``cfg['model']`` on ``cfg['source']``; returns the card (also written to ``out/backbone.json``)."""
-    from .engine.runner import instantiate, resolve_device
+    from .engine.runner import instantiate, resolve_device, transforms_from_config
 
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +93,7 @@ def pretrain(cfg: dict, show_progress: bool = True) -> dict:
     src, classes, (x_tr, y_tr, x_te, y_te) = _source_subset(cfg["source"], data.get("root"),
                                                             data.get("download", False), seed)
     aug = cfg.get("augment") or {}
-    train_tf = BatchTransform(aug.get("mean"), aug.get("std"), aug.get("crop_padding", 0), aug.get("hflip", False),
-                              aug.get("brightness", 0.0)).to(device)
-    eval_tf = train_tf.without_augmentation().to(device)
+    train_tf, eval_tf = transforms_from_config(aug, device)
 
     seed_everything(seed)
     backbone = instantiate(model_cfg, input_shape=tuple(src.input_shape)).to(device)

@@ -198,8 +198,7 @@ def train_task_steps(method, task, cfg: dict, device, writer, progress: dict, sh
     trainer = cfg["trainer"]
     # task-free: the method is not told which task a batch belongs to (engine/online.py)
     task_arg = None if online.is_task_free(cfg) else task.id
-    epochs = 1 if cfg["stream"].get("online", False) else int(
-        (trainer.get("first_task_epochs") if task.id == 0 else None) or trainer["epochs"])
+    epochs = method.ctx.epochs_of(task.id)
     bs = int(trainer["batch_size"])
     log_every = max(int(trainer.get("log_every", 10)), 1)
     x_all, y_all = method.training_data(task)

@@ -148,7 +148,7 @@ def reduced_resnet18(input_shape: Sequence[int], nf: int = 20, checkpoint: str |
 CONV_INITS = ("default", "he")
 
 
-def he_init_convolutions(net: nn.Module, conv_init: str) -> None:
+def apply_conv_init(net: nn.Module, conv_init: str) -> None:
     """``model.conv_init``: ``default`` keeps PyTorch's initialisation; ``he`` draws every convolution's weights from
     N(0, 2 / (k * k * out_channels)) (He et al., 2015), as PyCIL's and MEMO's CIFAR ResNets do."""
     if conv_init not in CONV_INITS:
@@ -164,12 +164,12 @@ def cifar_resnet(input_shape: Sequence[int], depth: int = 32, checkpoint: str | 
     """CIFAR ResNet of ``depth`` = 6n + 2 layers (He et al., 2016; as in PyCIL/MEMO): 16/32/64 filters, n blocks
     per stage, option-A shortcuts. Without the classifier: ResNet-8 74,640, -14 171,856, -20 269,072,
     -26 366,288, -32 463,504 parameters (the backbones of MEMO's memory-AUC protocol). ``conv_init``: see
-    :func:`he_init_convolutions` (``he`` is PyCIL's / MEMO's; BatchNorm starts at weight 1, bias 0 either way)."""
+    :func:`apply_conv_init` (``he`` is PyCIL's / MEMO's; BatchNorm starts at weight 1, bias 0 either way)."""
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"a CIFAR ResNet has depth 6n+2 (8, 14, 20, 26, 32, 44, 56, ...); got model.depth={depth}")
     n = (depth - 2) // 6
     net = ResNet(input_shape, [16, 32, 64], [n, n, n], shortcut="pad")
-    he_init_convolutions(net, conv_init)
+    apply_conv_init(net, conv_init)
     return _with_checkpoint(net, checkpoint, allow_overlap, f"CIFAR ResNet-{depth} (input {tuple(input_shape)})")
 
 
@@ -192,7 +192,7 @@ class ConvNet2(nn.Module):
         self.block1 = block(input_shape[0], width)
         self.block2 = block(width, width)
         self.out_features = width
-        he_init_convolutions(self, conv_init)
+        apply_conv_init(self, conv_init)
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(self.block2(self.block1(x)), 1).flatten(1)
