@@ -92,23 +92,27 @@ class _Seat:
             self.leave(True if self.request is None else full)
 
 
+def _shared_stream(cfgs: list[dict]):
+    """The runs' stream, built once when they share the stream and data settings (the training seed does not enter
+    it; each run gets its own copy), else None. None too when it cannot be built: each run then fails with its
+    own error."""
+    if any(cfg.get(k) != cfgs[0].get(k) for cfg in cfgs for k in ("stream", "data")):
+        return None
+    try:
+        return runner.build_stream_from_config(cfgs[0])
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+
+
 def run_seed_group(cfgs: list[dict], run_dirs: list, logs: list | None = None) -> list:
     """Train the runs ``cfgs`` (one configuration at several seeds) into ``run_dirs`` together; returns, per run,
     its results dict or the exception it failed with. ``logs``: a stream per run for what it prints."""
     logs = logs or [None] * len(cfgs)
     with contextlib.ExitStack() as stack:
-        seats = []
-        shared = None  # the stream depends on the stream and data settings only (not on the seed): built once
-        for cfg, run_dir, log in zip(cfgs, run_dirs, logs):
-            run_dir = stack.enter_context(runner.run_session(cfg, run_dir))
-            same = all(cfg.get(k) == cfgs[0].get(k) for k in ("stream", "data"))
-            if same and shared is None:
-                try:
-                    shared = runner.build_stream_from_config(cfg)
-                except Exception:  # noqa: BLE001 - then each run builds it and fails with its own error
-                    shared = False
-            own = shared.copy() if same and shared else None
-            seats.append(_Seat(runner.run_steps(cfg, run_dir, False, stream=own), log))
+        run_dirs = [stack.enter_context(runner.run_session(cfg, run_dir)) for cfg, run_dir in zip(cfgs, run_dirs)]
+        shared = _shared_stream(cfgs)
+        seats = [_Seat(runner.run_steps(cfg, run_dir, False, stream=shared and shared.copy()), log)
+                 for cfg, run_dir, log in zip(cfgs, run_dirs, logs)]
         try:
             for seat in seats:
                 seat.advance()

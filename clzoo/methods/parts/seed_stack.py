@@ -148,28 +148,6 @@ def _stacked_sgd_lr(members, stack: "_Stack") -> float | None:
     return lrs.pop() if stack.owned else None
 
 
-def _optimizer_steps(members) -> None:
-    """Every member's ``opt.step()``. Plain SGD steps of all members are one ``torch._foreach_add_`` per learning
-    rate, which is what torch's SGD does (foreach) and, on CPU, ``add_`` tensor by tensor, as its single-tensor
-    path does: the same kernel on the same tensors."""
-    from torch.optim.optimizer import _global_optimizer_pre_hooks, _global_optimizer_post_hooks
-
-    plain: dict[float, tuple[list, list]] = {}
-    for m in members:
-        lr = None if (_global_optimizer_pre_hooks or _global_optimizer_post_hooks) else _plain_sgd_lr(m)
-        if lr is None:
-            m.opt.step()
-            continue
-        params, grads = plain.setdefault(lr, ([], []))
-        for p in m.opt.param_groups[0]["params"]:
-            if p.grad is not None:
-                params.append(p)
-                grads.append(p.grad)
-    with torch.no_grad():
-        for lr, (params, grads) in plain.items():
-            torch._foreach_add_(params, grads, alpha=-lr)
-
-
 class _Stack:
     """The members' linear layers with their weights moved into one stacked tensor per layer (each member's
     parameter is a view of its slice, so its own optimizer updates the stack in place and nothing is copied per
@@ -234,6 +212,15 @@ def _stack_for(members, x: Tensor | None) -> _Stack | None:
     return stack
 
 
+def per_member(members, rng, fn, *args) -> list:
+    """``[fn(m, *a) for each member]``, member ``i``'s call inside ``rng(i)`` (its own random draws)."""
+    out = []
+    for i, (m, *a) in enumerate(zip(members, *args)):
+        with rng(i):
+            out.append(fn(m, *a))
+    return out
+
+
 def converted_together(members, stored: list[Tensor], rng) -> Tensor | list[Tensor]:
     """The members' stored batches as network input: one ``(members, batch, ...)`` tensor converted in one call
     when every member's training transform is the same deterministic conversion (elementwise, so the values are
@@ -245,11 +232,7 @@ def converted_together(members, stored: list[Tensor], rng) -> Tensor | list[Tens
             and all(convert(m.ctx.train_transform) for m in members):
         joined = torch.stack(stored)
         return members[0].augment(joined.flatten(0, 1)).unflatten(0, joined.shape[:2])
-    out = []
-    for i, (m, x) in enumerate(zip(members, stored)):
-        with rng(i):
-            out.append(m.augment(x))
-    return out
+    return per_member(members, rng, lambda m, x: m.augment(x), stored)
 
 
 def grouped_cross_entropy_step(members, inputs: Tensor | list[Tensor], labels: list[Tensor]) -> list[Tensor]:
@@ -264,7 +247,7 @@ def grouped_cross_entropy_step(members, inputs: Tensor | list[Tensor], labels: l
     lr = None if stack is None else _stacked_sgd_lr(members, stack)
     if stack is None or not grouped_step_is_exact(len(members), x.shape[1], stack.shapes, lr):
         return [m.step(F.cross_entropy(m.model(xi), y)) for m, xi, y in zip(members, inputs, labels)]
-    from ..base import clear_grads
+    from ..base import clear_grads, optimizer_step
 
     losses, weight_grads, bias_grads = _losses_and_grads(stack.weights, stack.biases, x.flatten(2), torch.stack(labels))
     if lr is not None:  # the members' plain SGD on the stacks: one add_ per tensor (probed equal to each member's)
@@ -276,5 +259,6 @@ def grouped_cross_entropy_step(members, inputs: Tensor | list[Tensor], labels: l
         for s, ls in enumerate(stack.layers):
             for k, layer in enumerate(ls):
                 layer.weight.grad, layer.bias.grad = weight_grads[k][s], bias_grads[k][s]
-        _optimizer_steps(members)
+        for m in members:  # each member's own optimizer, stepped as a separate run steps it
+            optimizer_step(m.opt)
     return losses

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
-from ..parts.seed_stack import converted_together, grouped_cross_entropy_step
+from ..parts.seed_stack import converted_together, grouped_cross_entropy_step, per_member
 from ..registry import register_method
 
 
@@ -50,21 +50,13 @@ class ER(Method):
     def observe_group(cls, members, xs, ys, task_id, rng):
         """:meth:`observe` of several seeds' methods at once (clzoo.engine.seed_group); ``rng(i)`` is the context
         in which member ``i`` draws random numbers (its own generator state)."""
-        if any(m.ctx.train_transform.augments for m in members):  # augmentation draws come before the buffer's
-            batches = []
-            for i, (m, x, y) in enumerate(zip(members, xs, ys)):
-                with rng(i):
-                    batches.append(m.with_replay(x, y))
-            inputs, labels = [b[0] for b in batches], [b[1] for b in batches]
-        else:
-            joined = []
-            for i, (m, x, y) in enumerate(zip(members, xs, ys)):
-                with rng(i):
-                    joined.append(m.joined_with_replay(x, y))
-            inputs = converted_together(members, [b[0] for b in joined], rng)
-            labels = [b[1] for b in joined]
+        augments = any(m.ctx.train_transform.augments for m in members)
+        # with augmentation, each incoming batch's draws come before the buffer's (with_replay); without, the
+        # batches are joined as stored and converted together
+        batches = per_member(members, rng, cls.with_replay if augments else cls.joined_with_replay, xs, ys)
+        inputs, labels = [b[0] for b in batches], [b[1] for b in batches]
+        if not augments:
+            inputs = converted_together(members, inputs, rng)
         losses = grouped_cross_entropy_step(members, inputs, labels)
-        for i, (m, x, y) in enumerate(zip(members, xs, ys)):
-            with rng(i):
-                m.buffer.add(x, y, task_id)
+        per_member(members, rng, lambda m, x, y: m.buffer.add(x, y, task_id), xs, ys)
         return losses
