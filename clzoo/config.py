@@ -198,6 +198,7 @@ def validate(cfg: dict) -> None:
     if isinstance(fraction, (int, float)) and not 0 <= fraction < 1:
         raise ConfigError(f"trainer.validation_fraction={fraction} must be in [0, 1): the share of each class of "
                           "every task's training data held out for validation (0: none)")
+    check_first_task_optimizer(cfg)
     store = (cfg.get("data") or {}).get("store", "memory")
     if store not in ("memory", "disk"):
         raise ConfigError(f"data.store={store} is not a store: use memory (one tensor in RAM, the default) or disk "
@@ -208,6 +209,31 @@ def validate(cfg: dict) -> None:
     problem = check_acceleration(cfg.get("trainer") or {}, (cfg.get("trainer") or {}).get("device", "auto"))
     if problem:
         raise ConfigError(problem)
+
+
+#: what ``trainer.first_task_optimizer`` may set: the keys of ``trainer.optimizer`` (and Adam's betas)
+OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "nesterov", "milestones", "gamma", "betas")
+
+
+def check_first_task_optimizer(cfg: dict) -> None:
+    """``trainer.first_task_optimizer``: a mapping of optimizer keys, for a run that has a first task of its own."""
+    trainer = cfg.get("trainer") or {}
+    first = trainer.get("first_task_optimizer")
+    if first is None:
+        return
+    if not isinstance(first, dict):
+        raise ConfigError(f"trainer.first_task_optimizer={first} must be a mapping of optimizer settings for the "
+                          "first task, e.g. trainer.first_task_optimizer={weight_decay:5e-4,milestones:[60,120]}")
+    unknown = sorted(set(first) - set(OPTIMIZER_KEYS))
+    if unknown:
+        raise ConfigError(f"trainer.first_task_optimizer has unknown key(s) {unknown}; it takes the keys of "
+                          f"trainer.optimizer: {', '.join(OPTIMIZER_KEYS)}")
+    for key in ("lr", "momentum", "weight_decay", "gamma"):
+        if key in first:
+            _check_typed(f"trainer.first_task_optimizer.{key}", first[key], "float", 0, False)
+    if first and (cfg.get("stream") or {}).get("task_free"):
+        raise ConfigError("trainer.first_task_optimizer needs task boundaries (a task-free run builds one optimizer "
+                          "for the whole stream); remove it or set stream.task_free=false")
 
 
 def _flatten(node, prefix: str = "") -> dict:

@@ -2,6 +2,8 @@
 task's training data, which the engine does not train on."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +97,50 @@ def test_first_task_epochs_trains_the_first_task_longer_and_is_left_out_of_the_h
     info = StreamInfo(n_tasks=3, n_classes=6, input_shape=(1, 8, 8), task_classes=[[0, 1], [2, 3], [4, 5]])
     assert [RunContext(info, epochs=2, first_task_epochs=7).epochs_of(t) for t in range(3)] == [7, 2, 2]
     assert RunContext(info, epochs=2).epochs_of(0) == 2
+
+
+def test_first_task_optimizer_sets_the_base_tasks_optimizer_and_schedule_only(tmp_path, monkeypatch):
+    """``trainer.first_task_optimizer``: task 0 trains with its own weight decay, learning rate and milestones (the
+    PyCIL / MEMO protocols' init_* settings); every later task with ``trainer.optimizer``. Resumed at a task
+    boundary, the later tasks still get the run's own settings; the option is left out of the hash when unset."""
+    from clzoo.config import ConfigError, validate
+    from clzoo.engine.checkpoint import config_hash
+    from clzoo.methods.baselines.finetune import Finetune
+
+    seen = []  # (task, lr, weight_decay) of the optimizer at every epoch's last step
+    observe = Finetune.observe
+
+    def spy(self, x, y, t):
+        group = self.opt.param_groups[0]
+        seen.append((t, group["lr"], group["weight_decay"]))
+        return observe(self, x, y, t)
+
+    monkeypatch.setattr(Finetune, "observe", spy)
+    cfg = tiny_config("finetune", epochs=2)
+    cfg["trainer"]["optimizer"] = {**cfg["trainer"]["optimizer"], "lr": 0.1, "weight_decay": 0.0}
+    first = {"lr": 0.4, "weight_decay": 0.001, "milestones": [1], "gamma": 0.5}
+    cfg_first = {**cfg, "trainer": {**cfg["trainer"], "first_task_optimizer": first}}
+    run(cfg_first, tmp_path / "first", show_progress=False)
+    by_task = {}
+    for t, lr, wd in seen:
+        by_task.setdefault(t, set()).add((lr, wd))
+    assert by_task[0] == {(0.4, 0.001), (0.2, 0.001)}          # milestone at epoch 1 of task 0: x 0.5
+    assert all(by_task[t] == {(0.1, 0.0)} for t in by_task if t)   # later tasks: trainer.optimizer, no milestones
+    assert config_hash({**cfg, "trainer": {**cfg["trainer"], "first_task_optimizer": None}}) == config_hash(cfg)
+    assert config_hash(cfg_first) != config_hash(cfg)
+
+    # resumed after task 1: the later tasks keep the run's settings
+    seen.clear()
+    stopped = {**cfg_first, "trainer": {**cfg_first["trainer"], "max_tasks": 2}}
+    run(stopped, tmp_path / "resumed", show_progress=False)
+    seen.clear()
+    run({**cfg_first, "resume": True}, tmp_path / "resumed", show_progress=False)
+    assert seen and {(lr, wd) for _, lr, wd in seen} == {(0.1, 0.0)}
+
+    for bad, words in [({"weight_decai": 0.1}, "unknown key(s) ['weight_decai']"), ("0.1", "must be a mapping"),
+                       ({"lr": -1}, "trainer.first_task_optimizer.lr=-1 must be >= 0")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            validate({**cfg, "trainer": {**cfg["trainer"], "first_task_optimizer": bad}})
+    with pytest.raises(ConfigError, match="needs task boundaries"):
+        validate({**cfg, "stream": {**cfg["stream"], "task_free": True},
+                  "trainer": {**cfg["trainer"], "first_task_optimizer": first}})

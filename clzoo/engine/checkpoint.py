@@ -98,6 +98,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     # the protocol of PyCIL / MEMO's CIFAR runs (clzoo/models/backbones.py, clzoo/data/augment.py)
     ("model", "conv_init"): "default",
     ("trainer", "first_task_epochs"): None,
+    ("trainer", "first_task_optimizer"): None,
     ("stream", "augment", "brightness"): 0.0,
 }
 

@@ -378,7 +378,8 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
     optimizer_cfg = dict(trainer.get("optimizer") or {"name": "sgd", "lr": 0.1})
     ctx = RunContext(StreamInfo.from_stream(stream, online.is_task_free(cfg)), device, train_tf, eval_tf, budget, optimizer_cfg,
                      int(trainer["batch_size"]), int(trainer["epochs"]),
-                     first_task_epochs=int(trainer["first_task_epochs"]) if trainer.get("first_task_epochs") else None)
+                     first_task_epochs=int(trainer["first_task_epochs"]) if trainer.get("first_task_epochs") else None,
+                     first_task_optimizer=dict(trainer.get("first_task_optimizer") or {}) or None)
 
     seed_everything(seed)  # the training seed fixes model initialisation, batch order, buffer draws
     model = build_model(cfg["model"], stream)

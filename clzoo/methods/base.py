@@ -77,8 +77,21 @@ class RunContext:
     #: ``trainer.first_task_epochs``: epochs of the first task when it differs from the others (a longer base task,
     #: as non-exemplar protocols train it), else None
     first_task_epochs: int | None = None
+    #: ``trainer.first_task_optimizer``: optimizer settings that differ on the first task (merged over ``optimizer``
+    #: by :meth:`enter_task`; PyCIL-style protocols give the base task its own weight decay and milestones), else None
+    first_task_optimizer: dict | None = None
     #: ``trainer.amp=fp16`` on CUDA: the loss scaler every step of :meth:`Method.step` / ``fit_step`` goes through
     grad_scaler: "torch.amp.GradScaler | None" = None
+
+    def __post_init__(self):
+        self._optimizer_after_first = dict(self.optimizer)
+
+    def enter_task(self, task_id: int) -> None:
+        """Make :attr:`optimizer` the settings of task ``task_id``: ``first_task_optimizer`` merged in on task 0,
+        the run's own settings after it (nothing changes when no first-task settings are given)."""
+        if self.first_task_optimizer:
+            first = self.first_task_optimizer if task_id == 0 else {}
+            self.optimizer = {**self._optimizer_after_first, **first}
 
     def epochs_of(self, task_id: int) -> int:
         """Epochs the engine trains task ``task_id`` for (1 on an online stream)."""
@@ -193,6 +206,7 @@ class Method(nn.Module):
     def start_task(self, task) -> None:
         """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
         self.current_task = task.id
+        self.ctx.enter_task(task.id)  # the task's optimizer settings (trainer.first_task_optimizer on task 0)
         self.epoch_schedules = []  # a method's own per-epoch schedules of this task (see end_epoch)
         self.reset_optimizer()
         self.begin_task(task)
