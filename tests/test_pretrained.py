@@ -38,6 +38,9 @@ def test_pretrain_writes_weights_and_card_and_resumes(pretrained_vit):
     assert card["training"]["epochs"] == 4 and len(card["training"]["history"]) == 4
     assert card["accuracy"] > 0.5  # 5 classes: chance is 0.2
     assert card["clzoo_version"] and card["model"]["depth"] == 2
+    # the card states the input pipeline the weights were trained with, augmentation included
+    assert card["input"] == {**card["input"], "mean": None, "std": None, "crop_padding": 0, "hflip": False,
+                             "brightness": 0.0, "image_shape": [1, 8, 8]}
     # a finished run resumes to the same weights without training again
     again = pretrain(dict(cfg), show_progress=False)
     assert again["sha256"] == card["sha256"] and again["training"]["history"] == card["training"]["history"]
