@@ -215,6 +215,48 @@ def test_er_ace_incoming_loss_leaves_masked_classes_untouched(stream):
     assert moved[2:4].gt(0).all()             # the classes in the batch learn
 
 
+def test_er_ace_cosine_head_is_the_scaled_cosine_and_passes_the_kit(stream, tmp_path):
+    """``head=cosine``: the authors' classifier (scale 10, no bias): logits are 10 x the cosine between the
+    features and each class's weight row, bounded by 10 whatever the norms; counted under ``heads``; resumes."""
+    from clzoo.models.heads import CosineLinear
+
+    method = make("er_ace", stream, buffer=50, head="cosine")
+    head = method.model.head
+    assert isinstance(head, CosineLinear) and not hasattr(head, "bias") and head.weight.shape == (10, 32)
+    feats = torch.randn(6, 32) * 50
+    expected = 10 * torch.nn.functional.cosine_similarity(feats[:, None], head.weight[None], dim=2)
+    assert torch.allclose(head(feats), expected, atol=1e-5) and head(feats).abs().max() <= 10 + 1e-5
+    report = check_method("er_ace", workdir=tmp_path, buffer={"capacity": 50}, head="cosine")
+    assert "resume gives identical results" in report.checks
+    assert report.results["memory"]["by_category"]["heads"] == 10 * 100 * 4  # the kit's 100-100 MLP; weights only, no bias
+    with pytest.raises(ValueError, match="method.head=cosin is not a classifier"):
+        make("er_ace", stream, buffer=50, head="cosin")
+
+
+def test_icarl_ce_kd_is_pycils_loss(stream):
+    """``loss=ce_kd``: cross-entropy over the seen classes, plus (after the first task) the KL distillation at T = 2
+    from the old network's logits of the old classes, unscaled: the same gradient as PyCIL's ``_KD_loss``."""
+    import torch.nn.functional as F
+
+    method = make("icarl", stream, buffer=20, loss="ce_kd")
+    for task in stream.tasks[:2]:
+        method.start_task(task)
+        x, y = task.x_train[:8], task.y_train[:8]
+        inputs = method.augment(x)
+        n_seen = method.seen_classes(task.id)
+        logits = method.model(inputs)[:, :n_seen]
+        expected = F.cross_entropy(logits, y)
+        if task.id:
+            old = method.teacher(inputs)[:, :2].detach()
+            soft = F.softmax(old / 2, dim=1)
+            expected = expected - (soft * F.log_softmax(logits[:, :2] / 2, dim=1)).sum(1).mean() \
+                + (soft * F.log_softmax(old / 2, dim=1)).sum(1).mean()   # PyCIL's form minus the teacher's entropy
+        assert torch.allclose(method.observe(x, y, task.id), expected, atol=1e-6)
+        method.end_task(task)
+    with pytest.raises(ValueError, match="method.loss=ce is not a loss"):
+        make("icarl", stream, buffer=20, loss="ce")
+
+
 # ---------------------------------------------------------------- DER
 def test_der_stores_the_logits_of_the_step_that_inserted_each_sample(stream):
     for name in ("der", "derpp"):

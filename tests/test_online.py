@@ -14,7 +14,7 @@ from clzoo.engine.runner import run
 from clzoo.methods import RunContext, StreamInfo, make_method
 from clzoo.methods.online.gss import GSS, flat_grads, max_cosine
 from clzoo.methods.online.mir import MIR
-from clzoo.methods.online.onpro import (apf_pair_probabilities, ope_loss, pair_counts, prototype_contrast)
+from clzoo.methods.online.onpro import (OnPro, apf_pair_probabilities, ope_loss, pair_counts, prototype_contrast)
 from clzoo.methods.online.tf_mas import PlateauDetector
 from clzoo.methods.parts.views import rotation_views, view_labels
 from clzoo.methods.replay.er import ER
@@ -117,14 +117,17 @@ def test_anytime_evaluation_every_n_samples(tmp_path):
 
 
 # ---------------------------------------------------------------- resume after a kill in the middle of a task
-@pytest.mark.parametrize("name,task_free", [("mir", True), ("gss", False)])
+@pytest.mark.parametrize("name,task_free", [("mir", True), ("gss", False), ("onpro", False)])
 def test_resume_after_a_kill_in_the_middle_of_an_online_task(tmp_path, monkeypatch, name, task_free):
-    cfg = online_config(name, buffer={"capacity": 40}, **({"subsample": 20} if name == "mir" else {}))
+    extra = {"mir": {"subsample": 20}, "onpro": {"rotations": 4, "buffer_batch_size": 16}}.get(name, {})
+    cfg = online_config(name, buffer={"capacity": 40}, **extra)
     cfg["stream"]["task_free"] = task_free
+    if name == "onpro":  # one Adam for the whole run (keeps_optimizer): its moments must survive the kill
+        cfg["trainer"]["optimizer"] = {**cfg["trainer"]["optimizer"], "name": "adam", "lr": 0.001}
     cfg["trainer"]["anytime_every"] = 150
     full = run(cfg, tmp_path / "full", show_progress=False)
 
-    cls = MIR if name == "mir" else GSS
+    cls = {"mir": MIR, "gss": GSS, "onpro": OnPro}[name]
     original, count = cls.observe, {"n": 0}
 
     def killed(self, x, y, task_id):  # dies at the 45th batch: the middle of the third task
@@ -332,6 +335,23 @@ def test_onpro_learns_its_first_task_and_trains_on_the_buffer_after(stream):
             assert torch.isfinite(loss)
     assert int(method.seen.sum()) == 4
     assert (method.classes_mean[:4].abs().sum(1) > 0).all() and method.classes_mean[4:].abs().sum() == 0
+
+
+def test_onpro_keeps_one_optimizer_across_tasks(stream):
+    """OnPro's official code builds one Adam for the run: the engine does not rebuild it at task starts (its moments
+    carry over); ``keep_optimizer=false`` rebuilds it as for other methods."""
+    for keep in (True, False):
+        method = make("onpro", stream, rotations=4, buffer=40, buffer_batch_size=8, keep_optimizer=keep)
+        method.ctx.optimizer = {"name": "adam", "lr": 0.001}
+        method.opt = None
+        firsts = []
+        for t in range(2):
+            method.start_task(stream.tasks[t])
+            firsts.append(method.opt)
+            for i in range(0, 30, 10):
+                method.observe(stream.tasks[t].x_train[i:i + 10], stream.tasks[t].y_train[i:i + 10], t)
+        steps = max(int(st["step"]) for st in method.opt.state.values())
+        assert (firsts[0] is firsts[1]) == keep and steps == (6 if keep else 3)
 
 
 def test_er_ace_task_free_masks_from_the_first_batch(tmp_path):

@@ -99,6 +99,9 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("model", "conv_init"): "default",
     ("trainer", "first_task_epochs"): None,
     ("trainer", "first_task_optimizer"): None,
+    ("method", "head"): "linear",   # er_ace's classifier choice
+    ("method", "loss"): "bce",      # icarl's loss (ce_kd: PyCIL's)
+    ("method", "kd_temperature"): 2.0,
     ("stream", "augment", "brightness"): 0.0,
 }
 

@@ -65,13 +65,14 @@ def leave_task(method, task, task_free: bool) -> None:
 
 
 def save_optimizer(method, progress: dict, task_free: bool) -> None:
-    """Task-free runs keep one optimizer over the stream: its state travels in the checkpoint."""
-    if task_free and method.opt is not None:
+    """Task-free runs, and methods that declare ``keeps_optimizer``, keep one optimizer over the stream: its state
+    travels in the checkpoint."""
+    if (task_free or method.keeps_optimizer) and method.opt is not None:
         progress["optimizer_state"] = method.opt.state_dict()
 
 
 def restore_optimizer(method, progress: dict, task_free: bool) -> None:
-    if task_free and progress.get("optimizer_state") is not None:
+    if (task_free or method.keeps_optimizer) and progress.get("optimizer_state") is not None:
         method.reset_optimizer()
         method.opt.load_state_dict(progress["optimizer_state"])
 

@@ -147,6 +147,10 @@ class Method(nn.Module):
     #: True when the method trains without being told task boundaries (``stream.task_free=true``): it then gets
     #: no begin_task / end_task calls and ``observe(x, y, task_id=None)``
     supports_task_free: bool = False
+    #: True when the method trains with ONE optimizer for the whole run (built at the first task, not rebuilt at
+    #: later task starts, its state saved in every checkpoint), as online codes such as OnPro's do; a class
+    #: attribute or an instance value set in ``__init__``. Milestones then count epochs from the start of the run.
+    keeps_optimizer: bool = False
 
     def __init__(self, model: nn.Module, ctx: RunContext):
         super().__init__()
@@ -208,7 +212,8 @@ class Method(nn.Module):
         self.current_task = task.id
         self.ctx.enter_task(task.id)  # the task's optimizer settings (trainer.first_task_optimizer on task 0)
         self.epoch_schedules = []  # a method's own per-epoch schedules of this task (see end_epoch)
-        self.reset_optimizer()
+        if self.opt is None or not self.keeps_optimizer:
+            self.reset_optimizer()
         self.begin_task(task)
 
     # ------------------------------------------------------------------ helpers for method authors

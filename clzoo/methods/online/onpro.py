@@ -21,7 +21,8 @@ the backbone's features, trained with
 
 The buffer batch holds ``min(buffer_batch_size, 7 x classes seen)`` samples; the incoming batch is then offered to
 the reservoir. Evaluation uses the linear classifier. Optimiser in the paper: Adam, lr 5e-4, betas (0.9, 0.99),
-weight decay 1e-4 (``trainer.optimizer``); 16 rotation views (``rotations=4`` is the reduced CPU setting).
+weight decay 1e-4 (``trainer.optimizer``), one optimizer for the whole run as the official code builds it
+(``keep_optimizer``, :attr:`clzoo.Method.keeps_optimizer`: Adam's moments are not reset at task boundaries); 16 rotation views (``rotations=4`` is the reduced CPU setting).
 
 Memory: the reservoir buffer (uint8 inputs, labels, task ids), the projection head (``other``: it is not part of the model the predictions come from), the class
 prototypes ``classes_mean`` (C x projection_dim floats, ``prototypes``) and the seen-class flags. Differences from
@@ -103,8 +104,10 @@ class OnPro(Method):
     def __init__(self, model, ctx, buffer: dict | int | str = 200, buffer_batch_size: int = 64, rotations: int = 16,
                  projection_dim: int = 128, ins_temperature: float = 0.07, proto_temperature: float = 0.5,
                  sim_lambda: float = 1.0, mixup_base_rate: float = 0.75, mixup_p: float = 0.6,
-                 mixup_lower: float = 0.0, mixup_upper: float = 0.6, mixup_alpha: float = 0.4):
+                 mixup_lower: float = 0.0, mixup_upper: float = 0.6, mixup_alpha: float = 0.4,
+                 keep_optimizer: bool = True):
         super().__init__(model, ctx)
+        self.keeps_optimizer = keep_optimizer  # the official code builds one Adam for the whole run
         check_rotatable(ctx.stream.input_shape, rotations, who="onpro (method.rotations)")
         if not 0.0 <= mixup_base_rate <= 1.0:
             raise ValueError(f"onpro: method.mixup_base_rate must lie in [0, 1], got {mixup_base_rate}")

@@ -14,7 +14,10 @@ there, masking and replay start at the second task (during the first there is no
 
 Task-free (``stream.task_free=true``, as mammoth's ``task_free`` option): masking and replay are on from the first
 batch, and the classes seen so far are those up to the largest label observed (``max_label``, 8 bytes, kept only
-in task-free runs; classes arrive in class order).
+in task-free runs; classes arrive in class order). The authors' code (pclucas14/AML) always runs ER-ACE this way.
+
+Classifier: ``head=linear`` (default, the model's own head) or ``head=cosine``, the authors' scaled cosine
+classifier (:class:`clzoo.models.heads.CosineLinear`, scale 10, no bias), which replaces the model's head.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...memory.ledger import tag_memory
+from ...models.heads import CosineLinear
 from ..base import Method
 from ..registry import register_method
 
@@ -39,9 +44,15 @@ def ace_mask(labels: Tensor, n_classes: int, n_seen: int) -> Tensor:
 class ERACE(Method):
     supports_task_free = True
 
-    def __init__(self, model, ctx, buffer: dict | int | str = 500, minibatch_size: int = 10):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, minibatch_size: int = 10, head: str = "linear"):
         super().__init__(model, ctx)
         self.minibatch_size = minibatch_size
+        if head not in ("linear", "cosine"):
+            raise ValueError(f"er_ace: method.head={head} is not a classifier; choose linear (the model's head) or "
+                             "cosine (the authors' scaled cosine classifier)")
+        if head == "cosine":
+            linear = model.head
+            model.head = tag_memory(CosineLinear(linear.in_features, linear.out_features), "heads")
         if ctx.stream.task_free:
             self.register_buffer("max_label", torch.full((), -1, dtype=torch.int64))
             self.memory_categories = {"max_label": "other"}

@@ -6,7 +6,10 @@ Rebuffi, Kolesnikov, Sperl, Lampert, "iCaRL: Incremental Classifier and Represen
 * Loss: sigmoid binary cross-entropy over the classes seen so far; the targets of the new classes are the one-hot
   labels, those of the old classes are the old network's sigmoid outputs on the same input (distillation). The
   old network (``teacher``) is the model at the end of the previous task; it is allocated at construction and
-  refreshed at every task end, and is paid for as ``teachers``.
+  refreshed at every task end, and is paid for as ``teachers``. ``loss=ce_kd`` is PyCIL's iCaRL instead (the
+  iCaRL that PyCIL's and MEMO's tables report): cross-entropy over the classes seen plus the knowledge-distillation
+  loss at ``kd_temperature`` (2) between the old network's and the model's logits of the old classes, weight 1
+  (:func:`clzoo.methods.parts.distillation.distillation_kl`, the same gradient as PyCIL's ``_KD_loss``).
 * Memory: a fixed total of M exemplars shared equally by the classes seen so far, m = M // n_seen per class. At
   a task end each old class keeps the first m of its exemplars (Alg. 5, "reduce exemplar set") and each new class
   gets m exemplars chosen by herding on L2-normalised features (Alg. 4; :func:`clzoo.memory.selection.herding`).
@@ -22,15 +25,20 @@ import torch
 import torch.nn.functional as F
 
 from ..base import Method
+from ..parts.distillation import distillation_kl
 from ..parts.exemplars import eval_features, update_herding_exemplars, with_exemplars
 from ..registry import register_method
 
 
 @register_method("icarl")
 class ICaRL(Method):
-    def __init__(self, model, ctx, buffer: dict | int | str = 500, feature_batch_size: int = 1000):
+    def __init__(self, model, ctx, buffer: dict | int | str = 500, feature_batch_size: int = 1000, loss: str = "bce",
+                 kd_temperature: float = 2.0):
         super().__init__(model, ctx)
-        self.feature_batch_size = feature_batch_size
+        if loss not in ("bce", "ce_kd"):
+            raise ValueError(f"icarl: method.loss={loss} is not a loss; choose bce (the paper's sigmoid distillation) "
+                             "or ce_kd (PyCIL's cross-entropy + knowledge distillation)")
+        self.feature_batch_size, self.loss, self.kd_temperature = feature_batch_size, loss, kd_temperature
         self.teacher = self.frozen_copy()
         n_classes, dim = ctx.stream.n_classes, model.head.in_features
         self.register_buffer("prototypes", torch.zeros(n_classes, dim))
@@ -44,6 +52,14 @@ class ICaRL(Method):
         inputs = self.augment(x)
         n_seen = self.seen_classes(task_id)
         logits = self.model(inputs)[:, :n_seen]
+        if self.loss == "ce_kd":
+            loss = F.cross_entropy(logits, y)
+            if task_id > 0:
+                n_old = self.seen_classes(task_id - 1)
+                with torch.no_grad():
+                    old = self.teacher(inputs)[:, :n_old]
+                loss = loss + distillation_kl(logits[:, :n_old], old, self.kd_temperature)
+            return self.step(loss)
         targets = F.one_hot(y, n_seen).float()
         if task_id > 0:
             n_old = self.seen_classes(task_id - 1)
