@@ -208,7 +208,8 @@ class Method(nn.Module):
                 schedule.step()
 
     def start_task(self, task) -> None:
-        """Engine entry point: rebuild the optimizer, remember the task, call :meth:`begin_task`."""
+        """Engine entry point: remember the task, apply its optimizer settings, rebuild the optimizer (unless the
+        method :attr:`keeps_optimizer` and has one), call :meth:`begin_task`."""
         self.current_task = task.id
         self.ctx.enter_task(task.id)  # the task's optimizer settings (trainer.first_task_optimizer on task 0)
         self.epoch_schedules = []  # a method's own per-epoch schedules of this task (see end_epoch)

@@ -52,19 +52,18 @@ class ICaRL(Method):
         inputs = self.augment(x)
         n_seen = self.seen_classes(task_id)
         logits = self.model(inputs)[:, :n_seen]
+        old = None  # the old network's logits of the old classes (distillation), from the second task on
+        if task_id > 0:
+            with torch.no_grad():
+                old = self.teacher(inputs)[:, :self.seen_classes(task_id - 1)]
         if self.loss == "ce_kd":
             loss = F.cross_entropy(logits, y)
-            if task_id > 0:
-                n_old = self.seen_classes(task_id - 1)
-                with torch.no_grad():
-                    old = self.teacher(inputs)[:, :n_old]
-                loss = loss + distillation_kl(logits[:, :n_old], old, self.kd_temperature)
+            if old is not None:
+                loss = loss + distillation_kl(logits[:, :old.shape[1]], old, self.kd_temperature)
             return self.step(loss)
         targets = F.one_hot(y, n_seen).float()
-        if task_id > 0:
-            n_old = self.seen_classes(task_id - 1)
-            with torch.no_grad():
-                targets[:, :n_old] = torch.sigmoid(self.teacher(inputs)[:, :n_old])
+        if old is not None:
+            targets[:, :old.shape[1]] = torch.sigmoid(old)
         return self.step(F.binary_cross_entropy_with_logits(logits, targets))
 
     def features(self, x) -> torch.Tensor:
