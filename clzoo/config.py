@@ -211,13 +211,48 @@ def validate(cfg: dict) -> None:
         raise ConfigError(problem)
 
 
-#: what ``trainer.first_task_optimizer`` may set: the keys of ``trainer.optimizer`` (and Adam's betas)
-OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "nesterov", "milestones", "gamma", "betas")
+#: the keys of ``trainer.optimizer`` (and of ``trainer.first_task_optimizer``): ``build_optimizer``'s arguments
+#: (clzoo.methods.base) and the milestone schedule's; a test keeps the two in step
+OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "nesterov", "betas", "milestones", "gamma")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+
+
+def check_optimizer(where: str, opts: dict) -> None:
+    """One optimizer mapping (``trainer.optimizer``, or it merged with ``trainer.first_task_optimizer``): known keys,
+    a known name, and no setting the chosen optimizer would silently drop (SGD's momentum on Adam, Adam's betas on
+    SGD)."""
+    unknown = sorted(set(opts) - set(OPTIMIZER_KEYS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {unknown}; an optimizer takes {', '.join(OPTIMIZER_KEYS)}")
+    name = opts.get("name", "sgd")
+    if name not in OPTIMIZER_NAMES:
+        raise ConfigError(f"{where}.name={name} is not an optimizer: use {', '.join(OPTIMIZER_NAMES)}")
+    for key in ("lr", "momentum", "weight_decay", "gamma"):
+        if key in opts:
+            _check_typed(f"{where}.{key}", opts[key], "float", 0, key != "lr")
+    momentum, nesterov, betas = opts.get("momentum") or 0, bool(opts.get("nesterov")), opts.get("betas")
+    if name == "sgd":
+        if betas is not None:
+            raise ConfigError(f"{where}.betas={list(betas)} is Adam's setting and SGD would ignore it; remove it or "
+                              f"set {where}.name=adam")
+        if nesterov and not momentum:
+            raise ConfigError(f"{where}.nesterov=true needs a momentum: set {where}.momentum (e.g. 0.9)")
+    else:
+        if momentum or nesterov:
+            raise ConfigError(f"{where}.momentum / nesterov are SGD's settings and {name} would ignore them; set "
+                              f"{where}.momentum=0 (Adam's momentum is {where}.betas, e.g. [0.9,0.999])")
+        if betas is not None and not (len(betas) == 2 and all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"{where}.betas={betas} must be two numbers in [0, 1), e.g. [0.9,0.999]")
 
 
 def check_first_task_optimizer(cfg: dict) -> None:
-    """``trainer.first_task_optimizer``: a mapping of optimizer keys, for a run that has a first task of its own."""
+    """``trainer.optimizer`` and ``trainer.first_task_optimizer`` (a mapping of optimizer keys merged over it on the
+    first task, for a run that has a first task of its own)."""
     trainer = cfg.get("trainer") or {}
+    base = trainer.get("optimizer")
+    if isinstance(base, dict):
+        check_optimizer("trainer.optimizer", base)
     first = trainer.get("first_task_optimizer")
     if first is None:
         return
@@ -231,6 +266,7 @@ def check_first_task_optimizer(cfg: dict) -> None:
     for key in ("lr", "momentum", "weight_decay", "gamma"):
         if key in first:
             _check_typed(f"trainer.first_task_optimizer.{key}", first[key], "float", 0, False)
+    check_optimizer("trainer.first_task_optimizer", {**(base if isinstance(base, dict) else {}), **first})
     if first and (cfg.get("stream") or {}).get("task_free"):
         raise ConfigError("trainer.first_task_optimizer needs task boundaries (a task-free run builds one optimizer "
                           "for the whole stream); remove it or set stream.task_free=false")

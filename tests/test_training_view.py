@@ -144,3 +144,35 @@ def test_first_task_optimizer_sets_the_base_tasks_optimizer_and_schedule_only(tm
     with pytest.raises(ConfigError, match="needs task boundaries"):
         validate({**cfg, "stream": {**cfg["stream"], "task_free": True},
                   "trainer": {**cfg["trainer"], "first_task_optimizer": first}})
+
+
+def test_optimizer_settings_the_chosen_optimizer_would_drop_are_refused():
+    """``trainer.optimizer``: an unknown key, an unknown name, SGD's momentum on Adam or Adam's betas on SGD would
+    be silently ignored by the optimizer; each is one clear error. The known keys are ``build_optimizer``'s own."""
+    import inspect
+
+    from clzoo.config import OPTIMIZER_KEYS, ConfigError, validate
+    from clzoo.methods.base import build_optimizer
+
+    arguments = [p.name for p in inspect.signature(build_optimizer).parameters.values()
+                 if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "params"]
+    assert set(OPTIMIZER_KEYS) == {*arguments, "milestones", "gamma"}
+    cfg = tiny_config("finetune")
+    base = cfg["trainer"]["optimizer"]
+
+    def with_optimizer(**opts):
+        return {**cfg, "trainer": {**cfg["trainer"], "optimizer": {**base, **opts}}}
+
+    validate(with_optimizer(name="adam", momentum=0.0, betas=[0.9, 0.99]))
+    validate(with_optimizer(name="sgd", momentum=0.9, nesterov=True))
+    for opts, words in [({"lr_decay": 0.1}, "trainer.optimizer has unknown key(s) ['lr_decay']"),
+                        ({"name": "rmsprop"}, "trainer.optimizer.name=rmsprop is not an optimizer: use sgd, adam, adamw"),
+                        ({"name": "adam", "momentum": 0.9}, "momentum / nesterov are SGD's settings and adam would"),
+                        ({"betas": [0.9, 0.99]}, "trainer.optimizer.betas=[0.9, 0.99] is Adam's setting"),
+                        ({"nesterov": True}, "trainer.optimizer.nesterov=true needs a momentum"),
+                        ({"name": "adamw", "betas": [0.9]}, "must be two numbers in [0, 1)")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            validate(with_optimizer(**opts))
+    # the first task's settings are checked merged over the run's: Adam's betas on a first task that stays SGD
+    with pytest.raises(ConfigError, match=re.escape("trainer.first_task_optimizer.betas=[0.9, 0.99] is Adam's")):
+        validate({**cfg, "trainer": {**cfg["trainer"], "first_task_optimizer": {"betas": [0.9, 0.99]}}})
