@@ -3,6 +3,8 @@
     python bench/throughput.py fixed            # what a run costs besides its training steps
     python bench/throughput.py workers          # does the joblib launcher reuse its worker processes?
     python bench/throughput.py seeds --tasks 5  # seeds 0,1,2 of Seq-MNIST fine-tuning and ER: separate vs grouped
+    python bench/throughput.py suite --rev 7341636             # the whole seq_mnist suite, -j 2, with the code of
+    python bench/throughput.py suite --rev HEAD --batch-seeds  # a revision (before / after issue 18's work)
 
 Every case runs with one torch thread (as leaderboard runs do) and prints wall and CPU seconds; the machine these
 numbers come from is shared, so CPU seconds and the load average are printed too. Runs go to a temporary folder.
@@ -191,15 +193,85 @@ def seeds(args) -> None:
               f"numbers identical: {same}")
 
 
+# ------------------------------------------------------------------------------------------------ whole suite
+def same_numbers(a: dict, b: dict) -> bool:
+    """Two runs' results printed the same numbers: accuracy matrices, the metrics both versions report (later
+    versions add keys) and the counted memory."""
+    matrices = ("acc_matrix", "acc_matrix_task_il", "acc_init", "acc_init_task_il")
+    common = set(a["metrics"]) & set(b["metrics"])
+    return all(a.get(k) == b.get(k) for k in matrices) and all(a["metrics"][k] == b["metrics"][k] for k in common) \
+        and a["memory"]["total_bytes"] == b["memory"]["total_bytes"]
+
+
+def suite(args) -> None:
+    """The whole seq_mnist suite (every cell and seed) with ``-j 2`` into a temporary runs folder, with the code of
+    revision ``--rev`` (its files from ``git archive``, imported ahead of the installed package, so one environment
+    serves both revisions); prints its wall time, the CPU time of the processes it ran, the load average around it,
+    and whether every run's numbers equal those of the same run in ``--against`` (the committed runs by default; a
+    pass kept with ``--keep`` compares two revisions under one torch)."""
+    import resource
+    import shutil
+
+    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    data_root = args.data_root or os.environ.get("CLZOO_DATA")
+    with tempfile.TemporaryDirectory() as d:
+        code = Path(d) / f"clzoo-{rev}"
+        code.mkdir()
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+        runs = Path(d) / "runs"
+        cmd = [sys.executable, "-c", "import sys, clzoo.leaderboard.cli as c; sys.exit(c.main())", "run",
+               "experiments/seq_mnist.yaml", "-j", str(args.jobs), "--runs", str(runs)]
+        cmd += ["--data-root", data_root] if data_root else []
+        cmd += ["--batch-seeds"] if args.batch_seeds else []
+        cmd += ["--only", *args.only] if args.only else []
+        env = {**os.environ, "PYTHONPATH": str(code), "MPLBACKEND": "Agg"}
+        imported = subprocess.run([sys.executable, "-c", "import clzoo; print(clzoo.__file__)"], cwd=code, env=env,
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        assert imported.startswith(str(code)), f"the revision's code is not the one imported: {imported}"
+        before_load, before = load(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        with Timer() as t:
+            proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode:
+            print(proc.stdout[-3000:], proc.stderr[-3000:])
+            raise SystemExit(f"the suite failed at {rev} (exit {proc.returncode})")
+        done = sorted(runs.glob("seq_mnist/*/seed*/results.json"))
+        same = differ = 0
+        for path in done:
+            committed = Path(args.against) / path.relative_to(runs)
+            if not committed.exists():
+                continue
+            if same_numbers(json.loads(path.read_text()), json.loads(committed.read_text())):
+                same += 1
+            else:
+                differ += 1
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        print(f"| {rev}{' --batch-seeds' if args.batch_seeds else ''} | {len(done)} runs | {t.wall:.1f} s | "
+              f"{cpu:.1f} s | {before_load} -> {load()} | {same} equal to {args.against}, {differ} not |")
+        if args.keep:
+            shutil.copytree(runs, args.keep, dirs_exist_ok=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", choices=["fixed", "workers", "seeds"])
+    ap.add_argument("case", choices=["fixed", "workers", "seeds", "suite"])
     ap.add_argument("--cells", nargs="+", default=["finetune", "er-b500"], help="seq_mnist cells (seeds case)")
     ap.add_argument("--tasks", type=int, default=5, help="tasks trained per run (seeds case; default all 5)")
     ap.add_argument("--repeats", type=int, default=3, help="separate / grouped passes in turn (seeds case)")
+    ap.add_argument("--rev", default="HEAD", help="the revision whose code runs the suite (suite case)")
+    ap.add_argument("--batch-seeds", action="store_true", help="clzoo-leaderboard run --batch-seeds (suite case)")
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="runs in parallel (suite case; default 2)")
+    ap.add_argument("--data-root", default=None, help="where MNIST lives (suite case; default $CLZOO_DATA)")
+    ap.add_argument("--only", nargs="+", default=None, help="only these cells' methods (suite case; default all)")
+    ap.add_argument("--against", default=str(ROOT / "leaderboard" / "runs"),
+                    help="runs whose numbers the suite's must equal (suite case; default the committed runs, which "
+                         "equal only under the torch version that made them)")
+    ap.add_argument("--keep", default=None, help="copy the suite's runs here (suite case)")
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    {"fixed": fixed, "workers": workers, "seeds": seeds}[args.case](args)
+    {"fixed": fixed, "workers": workers, "seeds": seeds, "suite": suite}[args.case](args)
     return 0
 
 
