@@ -113,9 +113,6 @@ _TYPED = {
     "trainer.validation_fraction": ("float", 0, False),
     "trainer.validation_seed": ("int", None, False),
     "trainer.num_threads": ("int", 1, True),
-    "trainer.optimizer.lr": ("float", 0, False),
-    "trainer.optimizer.momentum": ("float", 0, True),
-    "trainer.optimizer.weight_decay": ("float", 0, True),
     "stream.n_tasks": ("int", 1, True),
     "stream.classes_per_task": ("int", 1, True),
     "stream.first_task_classes": ("int", 1, True),
@@ -231,9 +228,11 @@ def check_optimizer(where: str, opts: dict) -> None:
         if key in opts:
             _check_typed(f"{where}.{key}", opts[key], "float", 0, key != "lr")
     momentum, nesterov, betas = opts.get("momentum") or 0, bool(opts.get("nesterov")), opts.get("betas")
+    if betas is not None and not isinstance(betas, (int, float, str)):
+        betas = list(betas)  # a tuple or a Hydra ListConfig reads as a plain list in the checks and messages
     if name == "sgd":
         if betas is not None:
-            raise ConfigError(f"{where}.betas={list(betas)} is Adam's setting and SGD would ignore it; remove it or "
+            raise ConfigError(f"{where}.betas={betas} is Adam's setting and SGD would ignore it; remove it or "
                               f"set {where}.name=adam")
         if nesterov and not momentum:
             raise ConfigError(f"{where}.nesterov=true needs a momentum: set {where}.momentum (e.g. 0.9)")
@@ -241,7 +240,7 @@ def check_optimizer(where: str, opts: dict) -> None:
         if momentum or nesterov:
             raise ConfigError(f"{where}.momentum / nesterov are SGD's settings and {name} would ignore them; set "
                               f"{where}.momentum=0 (Adam's momentum is {where}.betas, e.g. [0.9,0.999])")
-        if betas is not None and not (len(betas) == 2 and all(
+        if betas is not None and not (isinstance(betas, list) and len(betas) == 2 and all(
                 isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"{where}.betas={betas} must be two numbers in [0, 1), e.g. [0.9,0.999]")
 
@@ -259,14 +258,12 @@ def check_first_task_optimizer(cfg: dict) -> None:
     if not isinstance(first, dict):
         raise ConfigError(f"trainer.first_task_optimizer={first} must be a mapping of optimizer settings for the "
                           "first task, e.g. trainer.first_task_optimizer={weight_decay:5e-4,milestones:[60,120]}")
-    unknown = sorted(set(first) - set(OPTIMIZER_KEYS))
-    if unknown:
-        raise ConfigError(f"trainer.first_task_optimizer has unknown key(s) {unknown}; it takes the keys of "
-                          f"trainer.optimizer: {', '.join(OPTIMIZER_KEYS)}")
+    # merged over the run's settings: unknown keys, the name and what the optimizer would drop, named as the first
+    # task's; its own numbers may not be null (a null would not fall back to trainer.optimizer's)
+    check_optimizer("trainer.first_task_optimizer", {**(base if isinstance(base, dict) else {}), **first})
     for key in ("lr", "momentum", "weight_decay", "gamma"):
         if key in first:
             _check_typed(f"trainer.first_task_optimizer.{key}", first[key], "float", 0, False)
-    check_optimizer("trainer.first_task_optimizer", {**(base if isinstance(base, dict) else {}), **first})
     if first and (cfg.get("stream") or {}).get("task_free"):
         raise ConfigError("trainer.first_task_optimizer needs task boundaries (a task-free run builds one optimizer "
                           "for the whole stream); remove it or set stream.task_free=false")
