@@ -68,37 +68,10 @@ git --git-dir="$GITDIR" archive "$COMMIT" | tar -x -C "$OUT/src"
 # ---- stage 1: the suite's stream, built by clzoo, dumped per seed (uint8 N,3,32,32 + int64 labels per task)
 SMOKE=${SMOKE:-0}
 for seed in ${SEEDS:-0 1 2}; do
-  (cd "$REPO" && "$PYTHON" - "$DATA_ROOT" "$seed" "$SMOKE" "$OUT/data/seed$seed.pt" <<'EOF'
-import sys, torch
-from clzoo.leaderboard.suite import load_suite, compose_cell
-from clzoo.engine.runner import build_stream_from_config
-root, seed, smoke, dest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-suite = load_suite("experiments/online_cifar10.yaml")
-cfgs = {c.id: compose_cell(suite, c, seed, data_root=root) for c in suite.cells if c.method == "mir"}
-cfg = cfgs["mir-b500"]
-# the mir and er_rand cells (every M) share one stream config, so one dump serves them all
-assert all(c["stream"] == cfg["stream"] for c in cfgs.values()), "the mir / er_rand cells' streams differ"
-stream = build_stream_from_config(cfg)
-assert stream.class_order == list(range(10)) and stream.n_tasks == 5
-
-def first(x, y, n):  # SMOKE: the first n samples of each class, in the stream's order
-    if not n:
-        return x, y
-    keep = torch.cat([(y == c).nonzero().squeeze(1)[:n] for c in y.unique()]).sort().values
-    return x[keep], y[keep]
-
-tasks = []
-for t in stream.tasks:
-    assert t.x_train.dtype == torch.uint8 and tuple(t.x_train.shape[1:]) == (3, 32, 32)
-    xtr, ytr = first(t.x_train, t.y_train.long(), smoke)
-    xte, yte = first(t.x_test, t.y_test.long(), smoke)
-    tasks.append({"classes": list(t.classes), "x_train": xtr.clone(), "y_train": ytr.clone(),
-                  "x_test": xte.clone(), "y_test": yte.clone()})
-torch.save({"tasks": tasks, "fingerprint": stream.info.get("data_fingerprint"), "seed": seed}, dest)
-print(f"seed {seed}: stream {stream.info.get('data_fingerprint', '')[:12]}, train "
-      f"{[len(t['y_train']) for t in tasks]}, test {[len(t['y_test']) for t in tasks]} -> {dest}")
-EOF
-  )
+  # the mir and er_rand cells (every M) share one stream config, so one dump serves them all
+  (cd "$REPO" && "$PYTHON" experiments/crosscheck/dump_stream.py experiments/online_cifar10.yaml mir-b500 \
+     "$DATA_ROOT" "$seed" "$OUT/data/seed$seed.pt" --smoke "$SMOKE" \
+     --same-stream mir-b200 mir-b1000 er_rand-b200 er_rand-b500 er_rand-b1000)
 done
 
 # ---- stage 2: the official er_main.py with the data and seed shims
@@ -110,6 +83,7 @@ data_pt, seed = sys.argv[1], int(sys.argv[2])
 argv = sys.argv[sys.argv.index("--") + 1:]
 torch.set_num_threads(1)
 dump = torch.load(data_pt)
+assert [t["classes"] for t in dump["tasks"]] == [[2 * k, 2 * k + 1] for k in range(5)], "not the natural class order"
 
 import data as official_data  # the official data.py (er_main.py's `from data import *` / locate() read this module)
 
