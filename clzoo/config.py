@@ -133,7 +133,7 @@ _TYPED = {
     "log.keep_checkpoints": ("int", 0, True),
 }
 
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 RESUME_VALUES = (False, True, "must")
 DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
@@ -182,8 +182,10 @@ def check_device(name) -> None:
         raise ConfigError("trainer.device=mps but Apple's MPS backend is not available here; use trainer.device=cpu")
 
 
-def validate(cfg: dict) -> None:
-    """Raise :class:`ConfigError` (one line naming the key) for values clzoo cannot use; no data is touched."""
+def validate(cfg: dict, here: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for values clzoo cannot use; no data is touched.
+    ``here=False`` leaves out what depends on this machine (the device and what it supports), for checking
+    configurations that will run elsewhere (``clzoo-leaderboard validate`` on a login node)."""
     for key, (kind, minimum, nullable) in _TYPED.items():
         value = _lookup(cfg, key)
         if value is KeyError:
@@ -196,10 +198,13 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"trainer.validation_fraction={fraction} must be in [0, 1): the share of each class of "
                           "every task's training data held out for validation (0: none)")
     check_first_task_optimizer(cfg)
+    check_method_arguments(cfg)
     store = (cfg.get("data") or {}).get("store", "memory")
     if store not in ("memory", "disk"):
         raise ConfigError(f"data.store={store} is not a store: use memory (one tensor in RAM, the default) or disk "
                           f"(a memory-mapped store read in batches, for data larger than memory)")
+    if not here:
+        return
     check_device((cfg.get("trainer") or {}).get("device", "auto"))
     from .engine.acceleration import check as check_acceleration
 
@@ -267,6 +272,83 @@ def check_first_task_optimizer(cfg: dict) -> None:
     if first and (cfg.get("stream") or {}).get("task_free"):
         raise ConfigError("trainer.first_task_optimizer needs task boundaries (a task-free run builds one optimizer "
                           "for the whole stream); remove it or set stream.task_free=false")
+
+
+#: ranges of method arguments by name, a convention every method of the zoo follows (and plugins are held to):
+#: (lowest, lowest allowed?, highest, highest allowed?, what the argument is). Applied to int / float arguments.
+METHOD_ARGUMENT_RANGES = {
+    **dict.fromkeys(("minibatch_size", "buffer_batch_size", "feature_batch_size", "fit_batch_size", "bias_batch_size",
+                     "proto_batch_size", "subsample", "n_iter", "gradient_steps", "window", "recent_size", "hard_size",
+                     "rotations", "pool_size", "top_k", "length", "e_length", "k", "projection_dim",
+                     "projection_hidden", "emb_dim", "chunk_dim", "chunk_size", "fit_epochs", "bias_epochs",
+                     "lr_step_epochs", "cv_lr_step_epochs", "prune_after", "memory_strength", "g_length"),
+                    (1, True, None, False, "a count")),
+    **dict.fromkeys(("alpha", "beta", "lambda_", "reg_lambda", "aux_weight", "kd_weight", "proto_aug_weight",
+                     "sim_lambda", "prototypes_coef", "distill_coef", "ortho_mu", "pull_constraint", "c",
+                     "later_lr_scale", "kappa_decay", "mean_threshold", "variance_threshold",
+                     "first_task_extra_epochs", "warmup_epochs"), (0, True, None, False, "a weight or count")),
+    **dict.fromkeys(("temperature", "kd_temperature", "ins_temperature", "proto_temperature", "supcon_temperature",
+                     "distill_temperature", "fit_lr", "bias_lr", "cv_lr", "prototypes_lr", "lr_gamma", "xi",
+                     "mixup_alpha"),
+                    (0, False, None, False, "a temperature, learning rate or factor")),
+    **dict.fromkeys(("mixup_p", "mixup_base_rate", "mixup_lower", "mixup_upper", "kappa_min", "gamma"),
+                    (0, True, 1, True, "a probability or fraction")),
+    "validation_fraction": (0, True, 1, False, "a fraction"),
+}
+_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _method_class(target):
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception:  # noqa: BLE001 - an unknown method fails in the run itself, with its own message
+        return None
+
+
+def check_method_arguments(cfg: dict) -> None:
+    """``method.*``: every key an argument of the method's constructor, each value of the type the constructor
+    declares (int, float, bool, str, or None where it allows None), and in range by
+    :data:`METHOD_ARGUMENT_RANGES` (a replay batch of -3 would replay all but three stored samples, a negative loss
+    weight trains towards -inf)."""
+    method = cfg.get("method")
+    if not isinstance(method, dict) or "_target_" not in method:
+        return
+    cls = _method_class(method["_target_"])
+    if cls is None:
+        return
+    import inspect
+
+    params = dict(list(inspect.signature(cls.__init__).parameters.items())[3:])  # after self, model, ctx
+    name = (cfg.get("_choices") or {}).get("method") or method["_target_"].rsplit(".", 1)[-1]
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in method if not k.startswith("_") and k not in params)
+        if unknown:
+            raise ConfigError(f"method.{unknown[0]} is not an argument of {name}; it takes "
+                              f"{', '.join(k for k, p in params.items() if p.kind != p.VAR_POSITIONAL)}")
+    for key, value in method.items():
+        param = params.get(key)
+        if param is None:
+            continue
+        kinds = {part.strip() for part in str(param.annotation).split("|")}
+        if param.annotation is not inspect.Parameter.empty and kinds <= {*_SCALARS, "None"}:
+            # (lists, mappings and unions with other types are the method's to check)
+            if value is None and "None" not in kinds:
+                raise ConfigError(f"method.{key}=null is not allowed: {name}'s {key} must be "
+                                  f"{' or '.join(_KIND_WORDS[k] for k in sorted(kinds))}")
+            if value is not None and not any(isinstance(value, _SCALARS[k]) and (k == "bool" or not isinstance(
+                    value, bool)) for k in kinds - {"None"}):
+                wanted = " or ".join(_KIND_WORDS[k] for k in sorted(kinds - {"None"}))
+                raise ConfigError(f"method.{key}={value} is not {wanted} ({name}'s default: {key}={param.default})")
+        if key in METHOD_ARGUMENT_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, low_ok, high, high_ok, what = METHOD_ARGUMENT_RANGES[key]
+            if value < low or (value == low and not low_ok) or (high is not None and (
+                    value > high or (value == high and not high_ok))):
+                interval = (f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}" if high is not None
+                            else f"{'>=' if low_ok else '>'} {low}")
+                raise ConfigError(f"method.{key}={value} must be {interval} ({what}; {name}'s default: "
+                                  f"{key}={param.default})")
 
 
 def _flatten(node, prefix: str = "") -> dict:

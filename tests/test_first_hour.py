@@ -105,6 +105,54 @@ def test_bad_values_name_the_key(override, message):
         validate(compose([override]))
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # a replay batch of -3 used to replay all but three stored samples, silently
+    (["method=er", "method.minibatch_size=-3"], "method.minibatch_size=-3 must be >= 1 (a count; er's default: "
+                                                "minibatch_size=10)"),
+    # a negative loss weight trained until the loss reached -inf
+    (["method=derpp", "method.alpha=-1"], "method.alpha=-1 must be >= 0"),
+    (["method=er", "+method.minibatch=5"],
+     "method.minibatch is not an argument of er; it takes buffer, minibatch_size"),
+    (["method=er", "method.minibatch_size=abc"], "method.minibatch_size=abc is not an integer"),
+    (["method=er", "method.minibatch_size=2.5"], "method.minibatch_size=2.5 is not an integer"),
+    (["method=er", "method.minibatch_size=null"], "method.minibatch_size=null is not allowed"),
+    (["method=onpro", "method.mixup_p=1.5"], "method.mixup_p=1.5 must be in [0, 1]"),
+    (["method=lwf", "method.temperature=0"], "method.temperature=0 must be > 0"),
+    (["method=bic", "method.validation_fraction=1"], "method.validation_fraction=1 must be in [0, 1)"),
+    (["method=mir", "method.stored_logits=maybe"], "method.stored_logits=maybe is not true or false"),
+])
+def test_bad_method_arguments_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        validate(compose(overrides))
+
+
+def test_every_methods_defaults_and_nullable_arguments_pass_the_method_checks():
+    from clzoo.methods.registry import available_methods
+
+    for name in available_methods():
+        validate(compose([f"method={name}"]), here=False)
+    validate(compose(["method=lwf", "method.warmup_epochs=null", "method.alpha=0"]), here=False)
+
+
+class PlainPlugin:
+    """A plugin method without annotations (as docs/plugins.md's example): its common names still carry ranges."""
+
+    def __init__(self, model, ctx, buffer=200, minibatch_size=10, smoothing=0.1):
+        pass
+
+
+def test_a_plugins_unannotated_arguments_are_range_checked_by_name():
+    from clzoo.config import check_method_arguments
+
+    target = f"{__name__}.PlainPlugin"
+    check_method_arguments({"method": {"_target_": target, "minibatch_size": 4, "smoothing": "any"}})
+    with pytest.raises(ConfigError, match=r"method.minibatch_size=0 must be >= 1 \(a count; PlainPlugin's default"):
+        check_method_arguments({"method": {"_target_": target, "minibatch_size": 0}})
+    with pytest.raises(ConfigError, match="method.smooth is not an argument of PlainPlugin; it takes buffer, "
+                                          "minibatch_size, smoothing"):
+        check_method_arguments({"method": {"_target_": target, "smooth": 0.2}})
+
+
 def test_cuda_without_a_gpu_is_one_line():
     import torch
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clzoo.config import validate
 from clzoo.leaderboard.build import auc_trapezoid
 from clzoo.leaderboard.check import Comparison, compare
 from clzoo.leaderboard.cli import main
@@ -112,6 +113,11 @@ def test_validate_reports_cells_that_do_not_compose(tmp_path, capsys):
     assert main(["validate", str(_suite(tmp_path, data))]) == 2
     err = capsys.readouterr().err
     assert "cell er does not compose" in err and "method.no_such_option=1" in err
+    # a cell that composes but that a run would refuse is reported before any run is launched
+    data = _bad(cells=[{"method": "er", "overrides": ["method.minibatch_size=0"]}, {"method": "finetune"}])
+    assert main(["validate", str(_suite(tmp_path, data, "refused"))]) == 2
+    out = capsys.readouterr()
+    assert "cell er: method.minibatch_size=0 must be >= 1" in out.err and "1 cell(s) do not compose or fail" in out.out
 
 
 @pytest.mark.parametrize("suite", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
@@ -131,6 +137,7 @@ def test_shipped_suites_are_valid(suite):
     for cell in firsts.values():
         cfg = compose_cell(s, cell, s.seeds[0])
         assert cfg["_choices"]["method"] == cell.method and cfg["stream"]["name"] == s.stream
+        validate(cfg, here=False)  # the checks a run makes first (method arguments and ranges among them)
         if cell.budget.kind == "samples":
             assert cfg["method"]["buffer"]["capacity"] == cell.budget.n
 

@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="table of mean +- std over seeds per configuration, from any folder of runs")
     w.add_argument("folders", nargs="+", help="folders holding runs (a multirun folder, outputs/, ...)")
 
-    v = sub.add_parser("validate", help="check suite files: schema, and that every cell composes")
+    v = sub.add_parser("validate", help="check suite files: schema, and that every cell composes and passes a run's "
+                                        "configuration checks (not the device's)")
     v.add_argument("suites", nargs="+")
     v.add_argument("--no-compose", action="store_true", help="check the schema only")
     return ap
@@ -162,6 +163,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from ..config import ConfigError, validate
     from .suite import compose_cell
 
     status = 0
@@ -175,15 +177,17 @@ def cmd_validate(args) -> int:
         errors = []
         if not args.no_compose:
             for cell in suite.cells:
-                try:
-                    compose_cell(suite, cell, suite.seeds[0])
+                try:  # composed and checked as a run checks it (method arguments, trainer, budget), not the device
+                    validate(compose_cell(suite, cell, suite.seeds[0]), here=False)
                 except SuiteError as err:
                     errors.append(str(err))
+                except ConfigError as err:
+                    errors.append(f"{path}: cell {cell.id}: {err}")
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
         status = max(status, 2 if errors else 0)
         print(f"{path}: {len(suite.cells)} cells x {len(suite.seeds)} seeds = {len(suite.cells) * len(suite.seeds)} "
-              f"runs" + (f"; {len(errors)} cells do not compose" if errors else "; ok"))
+              f"runs" + (f"; {len(errors)} cell(s) do not compose or fail the checks" if errors else "; ok"))
     return status
 
 
