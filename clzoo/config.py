@@ -147,15 +147,19 @@ def _lookup(cfg: dict, dotted: str):
     return node
 
 
+def _is_kind(value, kind: str) -> bool:
+    """``value`` is of ``kind`` (a key of :data:`_KIND_WORDS`); a bool is not a number (YAML's true is not 1)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, {"int": int, "float": (int, float), "str": str}[kind]) and not isinstance(value, bool)
+
+
 def _check_typed(key: str, value, kind: str, minimum, nullable: bool) -> None:
     if value is None:
         if nullable:
             return
         raise ConfigError(f"{key}=null is not allowed: {key} must be {_KIND_WORDS[kind]}")
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool)}[kind]
-    if not ok:
+    if not _is_kind(value, kind):
         raise ConfigError(f"{key}={value} is not {_KIND_WORDS[kind]}"
                           + (f" (e.g. {key}={minimum if minimum else 1})" if kind != "bool" else ""))
     if minimum is not None and value < minimum:
@@ -246,7 +250,7 @@ def check_optimizer(where: str, opts: dict) -> None:
             raise ConfigError(f"{where}.momentum / nesterov are SGD's settings and {name} would ignore them; set "
                               f"{where}.momentum=0 (Adam's momentum is {where}.betas, e.g. [0.9,0.999])")
         if betas is not None and not (isinstance(betas, list) and len(betas) == 2 and all(
-                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+                _is_kind(b, "float") and 0 <= b < 1 for b in betas)):
             raise ConfigError(f"{where}.betas={betas} must be two numbers in [0, 1), e.g. [0.9,0.999]")
 
 
@@ -295,7 +299,6 @@ METHOD_ARGUMENT_RANGES = {
                     (0, True, 1, True, "a probability or fraction")),
     "validation_fraction": (0, True, 1, False, "a fraction"),
 }
-_SCALARS = {"int": int, "float": (int, float), "bool": bool, "str": str}
 
 
 def _method_class(target):
@@ -332,16 +335,15 @@ def check_method_arguments(cfg: dict) -> None:
         if param is None:
             continue
         kinds = {part.strip() for part in str(param.annotation).split("|")}
-        if param.annotation is not inspect.Parameter.empty and kinds <= {*_SCALARS, "None"}:
+        if param.annotation is not inspect.Parameter.empty and kinds <= {*_KIND_WORDS, "None"}:
             # (lists, mappings and unions with other types are the method's to check)
             if value is None and "None" not in kinds:
                 raise ConfigError(f"method.{key}=null is not allowed: {name}'s {key} must be "
                                   f"{' or '.join(_KIND_WORDS[k] for k in sorted(kinds))}")
-            if value is not None and not any(isinstance(value, _SCALARS[k]) and (k == "bool" or not isinstance(
-                    value, bool)) for k in kinds - {"None"}):
+            if value is not None and not any(_is_kind(value, k) for k in kinds - {"None"}):
                 wanted = " or ".join(_KIND_WORDS[k] for k in sorted(kinds - {"None"}))
                 raise ConfigError(f"method.{key}={value} is not {wanted} ({name}'s default: {key}={param.default})")
-        if key in METHOD_ARGUMENT_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key in METHOD_ARGUMENT_RANGES and _is_kind(value, "float"):
             low, low_ok, high, high_ok, what = METHOD_ARGUMENT_RANGES[key]
             if value < low or (value == low and not low_ok) or (high is not None and (
                     value > high or (value == high and not high_ok))):
