@@ -147,6 +147,10 @@ def _lookup(cfg: dict, dotted: str):
     return node
 
 
+#: typed keys that also take ``auto`` (chosen by the run for its device)
+_AUTO_KEYS = ("trainer.eval_batch_size",)
+
+
 def _is_kind(value, kind: str) -> bool:
     """``value`` is of ``kind`` (a key of :data:`_KIND_WORDS`); a bool is not a number (YAML's true is not 1)."""
     if kind == "bool":
@@ -193,6 +197,8 @@ def validate(cfg: dict, here: bool = True) -> None:
     for key, (kind, minimum, nullable) in _TYPED.items():
         value = _lookup(cfg, key)
         if value is KeyError:
+            continue
+        if key in _AUTO_KEYS and value == "auto":
             continue
         _check_typed(key, value, kind, minimum, nullable)
     if cfg.get("resume", False) not in RESUME_VALUES:

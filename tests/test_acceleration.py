@@ -89,13 +89,18 @@ def test_channels_last_conv_net(tmp_path):
 
     def observe(method, task_id):
         if task_id is None:
-            conv = method.model.backbone.conv1.weight
-            seen["weights"] = conv.is_contiguous(memory_format=torch.channels_last)
+            convs = [p for p in method.parameters() if p.dim() == 4]
+            seen["weights"] = all(conv.is_contiguous(memory_format=torch.channels_last) for conv in convs)
             seen["input"] = method.ctx.train_transform.channels_last and method.ctx.eval_transform.channels_last
 
-    results = run_tiny(tmp_path, "method=er", "model=reduced_resnet18", "model.nf=4", "trainer.max_tasks=1",
+    results = run_tiny(tmp_path, "method=er", "model=reduced_resnet18", "model.nf=8", "trainer.max_tasks=1",
                        "trainer.channels_last=true", observer=observe)
     assert seen == {"weights": True, "input": True} and results["execution"]["channels_last"] is True
+    # narrower convolutions stay NCHW on a CPU (torch's channels-last backward corrupts memory there): said, recorded
+    seen.clear()
+    narrow = run_tiny(tmp_path, "method=er", "model=reduced_resnet18", "model.nf=4", "trainer.max_tasks=1",
+                      "trainer.channels_last=true", name="narrow", observer=observe)
+    assert seen == {"weights": False, "input": False} and narrow["execution"]["channels_last"] is False
     # an MLP has nothing to convert: recorded as not in effect
     mlp = run_tiny(tmp_path, "trainer.channels_last=true", "trainer.max_tasks=1", name="mlp")
     assert mlp["execution"]["channels_last"] is False
@@ -114,6 +119,24 @@ def test_channels_last_computes_the_same_forward():
     assert transform(x).is_contiguous(memory_format=torch.channels_last) and not transform(x).is_contiguous()
     assert transform.without_augmentation().channels_last
     assert torch.allclose(model(transform(x)), expected, atol=1e-5)
+
+
+def test_eval_batch_size_auto_is_the_devices_and_changes_no_result(tmp_path):
+    assert compose([])["trainer"]["eval_batch_size"] == "auto"
+    assert acceleration.eval_batch_size({"eval_batch_size": "auto"}, torch.device("cpu")) == acceleration.EVAL_BATCH_CPU
+    assert acceleration.eval_batch_size({}, torch.device("cuda")) == acceleration.EVAL_BATCH_ACCELERATOR
+    assert acceleration.eval_batch_size({"eval_batch_size": 64}, torch.device("cuda")) == 64
+    auto = run_tiny(tmp_path, "method=er", "trainer.anytime_every=200", name="auto")
+    odd = run_tiny(tmp_path, "method=er", "trainer.anytime_every=200", "trainer.eval_batch_size=7", name="odd")
+    assert auto["execution"]["eval_batch_size"] == acceleration.EVAL_BATCH_CPU and odd["execution"]["eval_batch_size"] == 7
+    assert auto["acc_matrix"] == odd["acc_matrix"] and auto["acc_matrix_task_il"] == odd["acc_matrix_task_il"]
+    assert auto["anytime"] == odd["anytime"] and auto["config_hash"] == odd["config_hash"]
+
+
+@pytest.mark.parametrize("value", ["big", 0])
+def test_eval_batch_size_is_a_number_or_auto(value):
+    with pytest.raises(ConfigError, match=rf"^trainer.eval_batch_size={value} (is not an integer|must be >= 1)"):
+        validate(compose([f"trainer.eval_batch_size={value}"]))
 
 
 def test_compile_keeps_state_keys_and_results(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..models import mask_logits
+from .acceleration import eval_batch_size
 from .checkpoint import atomic_write_text
 
 
@@ -88,7 +89,7 @@ class Anytime:
         per_task = trainer.get("anytime_test_per_task")
         self.per_task = int(per_task) if per_task else None
         self.stream, self.device, self.writer = stream, device, writer
-        self.batch_size = int(trainer.get("eval_batch_size", 1000) or 1000)
+        self.batch_size = eval_batch_size(trainer, device)
 
     @property
     def enabled(self) -> bool:

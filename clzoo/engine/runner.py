@@ -24,7 +24,7 @@ from ..models import ContinualModel, mask_logits
 from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from . import online
-from .acceleration import Acceleration
+from .acceleration import Acceleration, eval_batch_size
 from .checkpoint import (UNHASHED_KEYS, atomic_write_text, config_hash, ensure_writable, load_latest_intact,
                          remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
@@ -390,6 +390,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
     method = instantiate(cfg["method"], model=model, ctx=ctx).to(device)
     # trainer.channels_last / compile / amp's loss scaler, set up around the step (recorded in results.json)
     execution = Acceleration.from_trainer(trainer).prepare(method, device)
+    eval_bs = execution["eval_batch_size"] = eval_batch_size(trainer, device)
     # the config group option chosen (clzoo-run method=NAME), else the registered name
     method_name = (cfg.get("_choices") or {}).get("method") or method.method_name or type(method).__name__.lower()
     if observer is not None:
@@ -424,7 +425,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
         for stale in [*(run_dir / "checkpoints").glob("task_*"), run_dir / "results.json"]:
             stale.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, trainer.get("eval_batch_size", 1000))
+        progress["R0"], progress["R0_til"] = evaluate(method, stream, None, device, eval_bs)
         progress["eval_s"] += time.perf_counter() - t0
         progress["data_fingerprint"] = stream.info.get("data_fingerprint")  # a resume on other data is refused
 
@@ -455,7 +456,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
                 torch.cuda.synchronize()
             train_time = time.perf_counter() - t0
             t1 = time.perf_counter()
-            acc, acc_til = evaluate(method, stream, task.id, device, trainer.get("eval_batch_size", 1000))
+            acc, acc_til = evaluate(method, stream, task.id, device, eval_bs)
             eval_time = time.perf_counter() - t1
             ledger = budget.measure(method)
             violation = budget.check(ledger, f"after task {task.id}")
@@ -463,7 +464,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
             progress["R_til"].append(acc_til)
             if val_sets is not None:
                 progress.setdefault("R_val", []).append(validation_accuracy(
-                    method, stream, val_sets, task.id, device, trainer.get("eval_batch_size", 1000)))
+                    method, stream, val_sets, task.id, device, eval_bs))
             progress["per_task_s"].append(train_time)
             progress["train_s"] += train_time
             progress["eval_s"] += eval_time
