@@ -409,3 +409,32 @@ def test_committed_leaderboard_runs_all_verify():
         if problem:
             problems.append(f"{p}: {problem}")
     assert not problems, "\n".join(problems[:5])
+
+
+def test_runs_from_other_pretrained_weights_are_left_out():
+    """A checkpoint enters a run's configuration by its path: a suite whose runs started from different weights at
+    that path keeps the runs of the weights most runs used and says which it left out."""
+    from clzoo.leaderboard.build import CellResult, SuiteResult, backbone_line
+    from clzoo.leaderboard.build import _leave_out_other_backbones as leave_out
+    from clzoo.leaderboard.suite import Budget, Cell, Suite
+
+    def run(sha):
+        card = {"sha256": sha, "source": {"dataset": "cifar10", "classes": list(range(10))}, "accuracy": 0.6169}
+        return {"backbone": {"checkpoint": "pretrained/b/backbone.pt", "card": card}}
+
+    cells = [CellResult(Cell(name, "l2p", Budget(), []), "h") for name in ("l2p", "coda")]
+    for cr, shas in zip(cells, (["a" * 64, "a" * 64, "b" * 64], ["a" * 64])):
+        cr.runs = {seed: run(sha) for seed, sha in enumerate(shas)}
+        cr.values = {seed: {} for seed in cr.runs}
+    sr = SuiteResult(Suite("prompt", Path("prompt.yaml"), "split_cifar100", [0, 1, 2], []), cells)
+    leave_out(sr)
+    assert sr.backbones == {"a" * 64: 3, "b" * 64: 1}
+    assert sorted(cells[0].runs) == [0, 1] and sorted(cells[0].values) == [0, 1] and sorted(cells[1].runs) == [0]
+    assert len(sr.warnings) == 1 and sr.warnings[0].startswith("l2p/seed2: left out, it started from other pretrained "
+                                                                "weights (sha256 bbbbbbbbbbbb; 3 run(s)")
+    assert backbone_line(sr) == ("Pretrained backbone: `pretrained/b/backbone.pt` (sha256 aaaaaaaaaaaa), trained on 10 "
+                                 "classes of cifar10, 61.69% on their test images; every run of this table started from it.")
+    # runs without a checkpoint: nothing to compare, no line
+    plain = SuiteResult(sr.suite, [CellResult(Cell("er", "er", Budget(), []), "h", {0: {"backbone": None}}, {0: {}})])
+    leave_out(plain)
+    assert plain.backbones == {} and plain.warnings == [] and backbone_line(plain) is None

@@ -111,6 +111,7 @@ class SuiteResult:
     suite: Suite
     cells: list[CellResult]
     warnings: list[str] = field(default_factory=list)
+    backbones: dict[str, int] = field(default_factory=dict)  # sha256 of pretrained weights -> runs that used them
 
     @property
     def n_runs(self) -> int:
@@ -182,6 +183,7 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
             cr.runs[seed] = r
             cr.values[seed] = run_values(r, suite.settings, input_bytes, suite.memory_axis)
         result.cells.append(cr)
+    _leave_out_other_backbones(result)
     folder = Path(runs_root) / suite.name
     ids = {c.id for c in suite.cells}
     if folder.is_dir():
@@ -189,6 +191,51 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
             if d.is_dir() and not d.name.startswith("_") and d.name not in ids and any(d.glob("seed*/results.json")):
                 result.warnings.append(f"{d.name}: left out, no such cell in {suite.path} (delete {d} if it is gone)")
     return result
+
+
+def backbone_digest(results: dict) -> str | None:
+    """sha256 of the pretrained weights a run started from (its card's), None for a run without a checkpoint."""
+    record = results.get("backbone") or {}
+    return (record.get("card") or {}).get("sha256") if record.get("checkpoint") else None
+
+
+def _leave_out_other_backbones(result: SuiteResult) -> None:
+    """A checkpoint enters a run's configuration by its path, so runs of one suite could have started from
+    different weights at that path (a backbone pretrained again elsewhere): keep the runs of the weights most runs
+    used (the first seen on a tie) and leave the others out, saying so. Sets ``result.backbones``."""
+    counts: dict[str, int] = {}
+    for cr in result.cells:
+        for r in cr.runs.values():
+            digest = backbone_digest(r)
+            if digest:
+                counts[digest] = counts.get(digest, 0) + 1
+    result.backbones = counts
+    if len(counts) < 2:
+        return
+    kept = max(counts, key=counts.get)
+    for cr in result.cells:
+        for seed, r in list(cr.runs.items()):
+            digest = backbone_digest(r)
+            if digest and digest != kept:
+                result.warnings.append(
+                    f"{cr.cell.id}/seed{seed}: left out, it started from other pretrained weights (sha256 {digest[:12]}; "
+                    f"{counts[kept]} run(s) of this suite used {kept[:12]}); re-run it with those weights")
+                del cr.runs[seed], cr.values[seed]
+
+
+def backbone_line(sr: SuiteResult) -> str | None:
+    """What the table's runs were initialised from, when they started from a pretrained checkpoint."""
+    for cr in sr.cells:
+        for r in cr.runs.values():
+            if backbone_digest(r) and backbone_digest(r) == max(sr.backbones, key=sr.backbones.get):
+                record, card = r["backbone"], r["backbone"]["card"]
+                source = card.get("source") or {}
+                accuracy = card.get("accuracy")
+                return (f"Pretrained backbone: `{record['checkpoint']}` (sha256 {card['sha256'][:12]}), trained on "
+                        f"{len(source.get('classes') or [])} classes of {source.get('dataset')}"
+                        + (f", {100 * accuracy:.2f}% on their test images" if isinstance(accuracy, (int, float)) else "")
+                        + "; every run of this table started from it.")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -593,6 +640,8 @@ def suite_markdown(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
                  if s.preset or any(c.preset for c in s.cells) else "") + ".",
               f"- Configuration hash of this table: `{sr.hash}` (over the cells' hashes in the last column).",
               f"- Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete."]
+    if backbone_line(sr):
+        lines.append(f"- {backbone_line(sr)}")
     cmds = sr.commands()
     if cmds:
         lines.append("- Produced by: " + "; ".join(f"`{c}`" for c in cmds) + ", then `clzoo-leaderboard build`.")
@@ -672,6 +721,8 @@ def suite_html(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
                if s.preset or any(c.preset for c in s.cells) else ""),
             f"Configuration hash of this table: <code>{sr.hash}</code> (over the cells' hashes in the last column)",
             f"Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete"]
+    if backbone_line(sr):
+        meta.append(e(backbone_line(sr).replace("`", "").rstrip(".")))
     cmds = sr.commands()
     if cmds:
         meta.append("Produced by: " + "; ".join(f"<code>{e(c)}</code>" for c in cmds)
