@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 AMP_CHOICES = ("none", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: channels-last is left off on a CPU for nets with a convolution narrower than this: torch 2.14's CPU backward
 #: corrupted the heap ("free(): invalid next size", "double free or corruption") on the reduced ResNet-18 with
 #: nf = 4 or 6 (4 to 48 channels), and ran clean at nf = 8, 12, 16, 20 and on ResNet-32 (measured on an AMD EPYC)
 CHANNELS_LAST_MIN_CPU = 8
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: extra arguments of :meth:`torch.nn.Module.compile` (the tests use the ``eager`` backend: inductor needs tens of
 #: seconds to build even a tiny model on a small CPU)
@@ -90,13 +90,14 @@ class Acceleration:
         """Apply channels-last and compilation to ``method`` (already on ``device``) and its transforms, hand it
         the gradient scaler, and return what is in effect (recorded in results.json)."""
         ctx = getattr(method, "ctx", None)
-        conv_weights = sum(1 for p in method.parameters() if p.dim() == 4)
-        narrow = min((p.shape[0] for p in method.parameters() if p.dim() == 4), default=None)
-        if self.channels_last and conv_weights and device.type == "cpu" and narrow < CHANNELS_LAST_MIN_CPU:
-            print(f"trainer.channels_last: left off: a convolution has {narrow} output channels, and torch's CPU kernels "
-                  f"corrupt memory in channels-last backward passes below {CHANNELS_LAST_MIN_CPU} (recorded as false)")
-            conv_weights = 0
-        if self.channels_last and conv_weights:
+        conv_widths = [p.shape[0] for p in method.parameters() if p.dim() == 4]
+        channels_last = self.channels_last and bool(conv_widths)  # nothing to convert without convolutions
+        if channels_last and device.type == "cpu" and min(conv_widths) < CHANNELS_LAST_MIN_CPU:
+            print(f"trainer.channels_last: left off: a convolution has {min(conv_widths)} output channels, and torch's "
+                  f"CPU kernels corrupt memory in channels-last backward passes below {CHANNELS_LAST_MIN_CPU} "
+                  f"(recorded as false)")
+            channels_last = False
+        if channels_last:
             method.to(memory_format=torch.channels_last)
             for transform in (getattr(ctx, "train_transform", None), getattr(ctx, "eval_transform", None)):
                 if transform is not None:
@@ -106,7 +107,7 @@ class Acceleration:
         if self.compile:
             target = compile_target(method)
             target.compile(**COMPILE_OPTIONS)
-        return self.record(device, channels_last_applied=bool(self.channels_last and conv_weights))
+        return self.record(device, channels_last_applied=channels_last)
 
     def record(self, device: torch.device, channels_last_applied: bool | None = None) -> dict:
         out = {"device": str(device), "device_name": device_name(device), **asdict(self)}

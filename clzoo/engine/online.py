@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from ..models import mask_logits
-from .acceleration import eval_batch_size
 from .checkpoint import atomic_write_text
 
 
@@ -81,7 +80,7 @@ def restore_optimizer(method, progress: dict, task_free: bool) -> None:
 class Anytime:
     """Accuracy on the seen classes every ``every`` training samples (see the module docstring)."""
 
-    def __init__(self, stream, trainer: dict, device, writer=None):
+    def __init__(self, stream, trainer: dict, device, batch_size: int, writer=None):
         every = trainer.get("anytime_every")
         self.every = int(every) if every else 0
         if self.every < 0:
@@ -89,7 +88,7 @@ class Anytime:
         per_task = trainer.get("anytime_test_per_task")
         self.per_task = int(per_task) if per_task else None
         self.stream, self.device, self.writer = stream, device, writer
-        self.batch_size = eval_batch_size(trainer, device)
+        self.batch_size = batch_size  # the run's evaluation batch (acceleration.eval_batch_size)
 
     @property
     def enabled(self) -> bool:

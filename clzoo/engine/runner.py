@@ -434,7 +434,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"))
-    anytime = online.Anytime(stream, trainer, device, writer)
+    anytime = online.Anytime(stream, trainer, device, eval_bs, writer)
 
     progress["execution"] = execution  # what this session ran with (a resumed run may run on another device)
     # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training

@@ -225,9 +225,12 @@ def _leave_out_other_backbones(result: SuiteResult) -> None:
 
 def backbone_line(sr: SuiteResult) -> str | None:
     """What the table's runs were initialised from, when they started from a pretrained checkpoint."""
+    if not sr.backbones:
+        return None
+    kept = max(sr.backbones, key=sr.backbones.get)  # the weights whose runs _leave_out_other_backbones kept
     for cr in sr.cells:
         for r in cr.runs.values():
-            if backbone_digest(r) and backbone_digest(r) == max(sr.backbones, key=sr.backbones.get):
+            if backbone_digest(r) == kept:
                 record, card = r["backbone"], r["backbone"]["card"]
                 source = card.get("source") or {}
                 accuracy = card.get("accuracy")
@@ -640,8 +643,9 @@ def suite_markdown(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
                  if s.preset or any(c.preset for c in s.cells) else "") + ".",
               f"- Configuration hash of this table: `{sr.hash}` (over the cells' hashes in the last column).",
               f"- Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete."]
-    if backbone_line(sr):
-        lines.append(f"- {backbone_line(sr)}")
+    backbone = backbone_line(sr)
+    if backbone:
+        lines.append(f"- {backbone}")
     cmds = sr.commands()
     if cmds:
         lines.append("- Produced by: " + "; ".join(f"`{c}`" for c in cmds) + ", then `clzoo-leaderboard build`.")
@@ -721,8 +725,9 @@ def suite_html(sr: SuiteResult, plots: list[Path], out_dir: Path) -> str:
                if s.preset or any(c.preset for c in s.cells) else ""),
             f"Configuration hash of this table: <code>{sr.hash}</code> (over the cells' hashes in the last column)",
             f"Runs: {sr.n_runs} of {len(s.cells) * len(s.seeds)} complete"]
-    if backbone_line(sr):
-        meta.append(e(backbone_line(sr).replace("`", "").rstrip(".")))
+    backbone = backbone_line(sr)
+    if backbone:
+        meta.append(e(backbone.replace("`", "").rstrip(".")))
     cmds = sr.commands()
     if cmds:
         meta.append("Produced by: " + "; ".join(f"<code>{e(c)}</code>" for c in cmds)
