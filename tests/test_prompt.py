@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from clzoo.memory.ledger import measure
 from clzoo.methods.base import RunContext, StreamInfo
-from clzoo.methods.prompt.coda_prompt import CodaPrompt, gram_schmidt_rows
+from clzoo.methods.prompt.coda_prompt import CodaPrompt, attended_cosines, gram_schmidt_rows
 from clzoo.methods.prompt.dualprompt import DualPrompt
 from clzoo.methods.prompt.frozen_head import HeadFinetune
 from clzoo.methods.prompt.l2p import L2P, L2PP
@@ -117,6 +117,24 @@ def test_gram_schmidt_makes_new_rows_orthogonal_to_trained_earlier_rows():
     old, new = F.normalize(out[:10].double(), dim=1), out[10:20].double()
     assert (new @ old.t()).abs().max() < 1e-5
     torch.testing.assert_close(new @ new.t(), torch.eye(10, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_attended_cosines_equal_the_papers_broadcast_form_in_value_and_gradient():
+    """CODA-Prompt's alpha = cos(q * A_m, K_m) computed as two products must equal the (B, M, D) broadcast form of
+    the paper and the official code, in value and in the gradients of A and K (the query has none)."""
+    torch.manual_seed(0)
+    q = torch.randn(6, 16, dtype=torch.float64)
+    A = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    K = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    broadcast = torch.einsum("bmd,md->bm", F.normalize(q[:, None] * A[None], dim=2), F.normalize(K, dim=1))
+    fast = attended_cosines(q, A, K)
+    torch.testing.assert_close(fast, broadcast, atol=1e-12, rtol=0)
+    weights = torch.randn(6, 5, dtype=torch.float64)
+    grads_broadcast = torch.autograd.grad((broadcast * weights).sum(), (A, K))
+    grads_fast = torch.autograd.grad((fast * weights).sum(), (A, K))
+    for a, b in zip(grads_fast, grads_broadcast):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert fast.abs().max() <= 1.0
 
 
 def test_coda_freezes_earlier_components_and_masks_past_classes():
