@@ -49,9 +49,8 @@ def build(batch: int, task: int = 0):
     info = StreamInfo(10, 100, (3, 32, 32), [list(range(10 * t, 10 * t + 10)) for t in range(10)])
     ctx = RunContext(info, optimizer={"name": "adam", "lr": 1e-3}, batch_size=batch, epochs=5)
     method = CodaPrompt(model, ctx)
-    for t in range(1, task + 1):  # the pool as at task `task`: every earlier slice initialised (and frozen)
+    for t in range(1, task):  # the pool as at task `task`: the earlier slices initialised (start_task does `task`'s)
         method.init_components(t)
-    method.current_task = task
     method.train()
     method.start_task(_Task(50 * batch, task))
     return method
