@@ -73,7 +73,6 @@ class DualPrompt(PromptMethod):
             prefixes[layer] = (pk, pv)
         return self.vit(x, prefixes=prefixes)[:, 0], loss
 
-
     def used_prompt_params(self) -> int:
         used = min(self.current_task + 1, len(next(iter(self.prompt.e_keys.values()))))
         return (sum(g.numel() for g in self.prompt.g.values())
