@@ -5,7 +5,7 @@
 # (the suite's own runs give task 0 at 5 epochs: the first row of each results.json's acc_matrix). If the prompted
 # methods equal the head, the prompts do not adapt this backbone's features, and the suite's class-IL ranking among
 # them is the masked head's (prompt_cifar100.yaml's notes cite the log).
-# Usage: bash experiments/diagnostics/prompt_task0.sh DATA_ROOT [EPOCHS...]   (from the repository root; ~15 CPU min)
+# Usage: bash experiments/diagnostics/prompt_task0.sh DATA_ROOT [EPOCHS...]   (from the repository root; 17 CPU minutes here)
 # Log: experiments/diagnostics/prompt_task0_results.txt (one line per run: task 0 accuracy and training time).
 set -euo pipefail
 root=${1:?usage: prompt_task0.sh DATA_ROOT [EPOCHS...]}; shift
