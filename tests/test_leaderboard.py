@@ -2,6 +2,7 @@
 leaderboard (tables equal to hand-computed statistics, CSV, plots, page), the AUC, and the two-sided check."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import statistics
@@ -284,6 +285,18 @@ def test_build_tables_equal_hand_statistics(tiny_runs):
     page = (out / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="plots/tiny_acc_vs_memory.png"' in page
     assert _ms([100 * r["metrics"]["final_acc"] for r in _results(tiny_runs["runs"], "er-b20").values()]) in page
+
+
+def test_no_auc_until_every_planned_memory_point_has_a_run(tiny_runs, tmp_path):
+    """An area over fewer points spans a shorter range and cannot be ranked against complete ones: with a third
+    byte budget planned and not run, ER's row names the points run and gives no AUC."""
+    data = copy.deepcopy(TINY)
+    data["cells"][1]["equal_bytes"] = [20, 40, 60]
+    suite, out = _suite(tmp_path, data), tmp_path / "board"
+    assert main(["build", str(suite), "--runs", str(tiny_runs["runs"]), "--out", str(out)]) == 0
+    row = _row((out / "README.md").read_text(), "er")
+    assert row[2] == "2 of 3 run: er-bytes20, er-bytes40"
+    assert row[3:] == ["–"] * len(row[3:])
 
 
 def test_check_passes_and_fails_both_ways(tiny_runs, tmp_path, capsys):

@@ -130,22 +130,25 @@ class SuiteResult:
                     seen.append(cmd)
         return seen
 
-    def auc_points(self, name: str) -> list[CellResult]:
+    def auc_points(self, name: str, planned: bool = False) -> list[CellResult]:
         """The cells of ``name`` whose points make its accuracy-vs-memory curve for the AUC: its byte-budget
         cells when the suite has byte budgets (the same memory points for every method), else all its
-        budgeted cells."""
-        budgeted = [c for c in self.cells if c.cell.name == name and c.cell.budget.kind != "none" and c.n]
+        budgeted cells; those with runs, or with ``planned`` every such cell of the suite."""
+        budgeted = [c for c in self.cells if c.cell.name == name and c.cell.budget.kind != "none" and (c.n or planned)]
         has_bytes = any(c.cell.budget.kind in ("bytes_of", "mb") for c in self.cells)
         if has_bytes:
             return [c for c in budgeted if c.cell.budget.kind in ("bytes_of", "mb")]
         return budgeted
 
     def auc(self, name: str, setting: str, metric: str = "final_acc") -> tuple[float | None, float, float]:
-        """Area under ``metric`` (final accuracy: AUC-L; average incremental accuracy: AUC-A) versus memory."""
+        """Area under ``metric`` (final accuracy: AUC-L; average incremental accuracy: AUC-A) versus memory; None
+        until every memory point the suite plans for the method has a run (an area over fewer points spans another
+        range and cannot be ranked against the others)."""
         pts = self.auc_points(name)
         xs = [c.stat("memory_mb")[0] for c in pts]
         ys = [c.stat(f"{setting}:{metric}")[0] for c in pts]
-        return auc_trapezoid(xs, ys), (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
+        complete = len(pts) == len(self.auc_points(name, planned=True))
+        return (auc_trapezoid(xs, ys) if complete else None), (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
 
 
 def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
@@ -313,7 +316,9 @@ def auc_rows(sr: SuiteResult) -> tuple[list[str], list[list[str]]]:
             continue
         aucs = [sr.auc(name, s, metric) for metric, _ in metrics for s in settings]
         lo, hi = aucs[0][1], aucs[0][2]
-        row = [name, f"{lo:.4g} – {hi:.4g}", ", ".join(p.cell.id for p in sorted(pts, key=lambda p: p.cell.budget.sort_key()))]
+        ids = ", ".join(p.cell.id for p in sorted(pts, key=lambda p: p.cell.budget.sort_key()))
+        planned = len(sr.auc_points(name, planned=True))
+        row = [name, f"{lo:.4g} – {hi:.4g}", ids if len(pts) == planned else f"{len(pts)} of {planned} run: {ids}"]
         row += [f"{a[0]:.4g}" if a[0] is not None else "–" for a in aucs]
         row += [fmt(a[0] / (hi - lo)) if a[0] is not None and hi > lo else "–" for a in aucs[:len(settings)]]
         rows.append(row)
@@ -622,7 +627,7 @@ LEGEND = (
     "(all tasks, one CPU thread unless the run says otherwise). *ref*: the published number; *Δ* = ours − ref. "
     "*Hash*: the configuration hash of the cell's run with {seed0} seed (execution settings such as the data "
     "folder, device, threads and logging are not part of it). The AUC is "
-    "the area under accuracy versus memory, **trapezoid rule over MB**, in %·MB.")
+    "the area under accuracy versus memory, **trapezoid rule over MB**, in %·MB, given once every memory point of the method has a run.")
 
 
 def _relpath(path: Path) -> str:
