@@ -299,6 +299,16 @@ def test_no_auc_until_every_planned_memory_point_has_a_run(tiny_runs, tmp_path):
     assert row[3:] == ["–"] * len(row[3:])
 
 
+def test_a_suite_not_run_builds_without_its_data(tmp_path):
+    """The image-folder protocols (ImageNet-R at 224 px) are listed on the board before anyone has their data:
+    the stream is read only when a run is found."""
+    suite = _suite(tmp_path, {"title": "Folder suite", "stream": "imagenet_r", "seeds": [0], "settings": ["class_il"],
+                              "cells": [{"method": "finetune"}]}, name="folder")
+    out = tmp_path / "board"
+    assert main(["build", str(suite), "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert "Not run yet: `clzoo-leaderboard run" in (out / "README.md").read_text()
+
+
 def test_check_passes_and_fails_both_ways(tiny_runs, tmp_path, capsys):
     import shutil
 

@@ -153,8 +153,7 @@ class SuiteResult:
 
 def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
     result = SuiteResult(suite, [])
-    shape = suite.stream_shape()
-    input_bytes = math.prod(shape[0])
+    input_bytes = None  # read from the stream when a run is found: a suite not run needs no data (images of any size)
     for cell in suite.cells:
         try:
             base = compose_cell(suite, cell, suite.seeds[0])
@@ -184,6 +183,8 @@ def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
                                        f"the suite's {h}); re-run it with clzoo-leaderboard run")
                 continue
             cr.runs[seed] = r
+            if input_bytes is None:
+                input_bytes = math.prod(suite.stream_shape()[0])
             cr.values[seed] = run_values(r, suite.settings, input_bytes, suite.memory_axis)
         result.cells.append(cr)
     _leave_out_other_backbones(result)
