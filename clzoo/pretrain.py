@@ -162,7 +162,7 @@ def pretrain(cfg: dict, show_progress: bool = True) -> dict:
                    "train_per_class": cfg["source"].get("train_per_class")},
         "input": {"image_shape": list(src.input_shape), "mean": aug.get("mean"), "std": aug.get("std"),
                   "crop_padding": aug.get("crop_padding", 0), "hflip": aug.get("hflip", False),
-                  "brightness": aug.get("brightness", 0.0),
+                  "brightness": aug.get("brightness", 0.0), "resized_crop": aug.get("resized_crop"),
                   "pixels": "uint8 / 255" + ("" if aug.get("mean") is None else ", then (x - mean) / std")},
         "training": {"epochs": epochs, "batch_size": bs, "optimizer": dict(trainer.get("optimizer") or {}),
                      "warmup_epochs": trainer.get("warmup_epochs", 0), "label_smoothing": smoothing, "seed": seed,

@@ -145,3 +145,56 @@ def test_brightness_scales_each_sample_within_the_range_and_clips_like_colorjitt
     assert torch.equal(torch.get_rng_state(), state)  # brightness 0: no random draw
     with pytest.raises(ValueError, match="brightness"):
         BatchTransform(brightness=-0.1)
+
+
+def test_resized_crop_boxes_follow_torchvisions_draw():
+    """Boxes lie in the image with their area in ``scale`` and their aspect ratio in ``ratio`` (up to rounding to
+    whole pixels), spread over the range; a draw that can never fit falls back to torchvision's centred box."""
+    from clzoo.data.augment import random_resized_boxes
+
+    torch.manual_seed(0)
+    h, w = 40, 60
+    boxes = random_resized_boxes(4000, h, w, (0.08, 1.0), (3 / 4, 4 / 3))
+    left, top, right, bottom = boxes.unbind(1)
+    bw, bh = right - left, bottom - top
+    assert (left >= 0).all() and (top >= 0).all() and (right <= w).all() and (bottom <= h).all()
+    assert torch.equal(boxes, boxes.round()) and (bw >= 1).all() and (bh >= 1).all()
+    frac, aspect = bw * bh / (h * w), bw / bh
+    assert frac.min() > 0.06 and frac.max() <= 1.0 and aspect.min() > 0.7 and aspect.max() < 1.42
+    # the same distribution as torchvision's own draw (means and spreads of 4,000 boxes each)
+    from torchvision.transforms import RandomResizedCrop
+
+    tv = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, h, w), [0.08, 1.0], [3 / 4, 4 / 3])[2:]
+                       for _ in range(4000)], dtype=torch.float)
+    tv_frac, tv_aspect = tv[:, 0] * tv[:, 1] / (h * w), tv[:, 1] / tv[:, 0]
+    assert abs(frac.mean() - tv_frac.mean()) < 0.02 and abs(frac.std() - tv_frac.std()) < 0.02
+    assert abs(aspect.mean() - tv_aspect.mean()) < 0.02
+    # ratio 2-3 on a square image at full area never fits: the whole width, cut to ratio 2, centred
+    fallback = random_resized_boxes(5, 30, 30, (1.0, 1.0), (2.0, 3.0))
+    assert fallback.tolist() == [[0.0, 7.0, 30.0, 22.0]] * 5
+
+
+def test_resized_crop_is_the_bilinear_resize_of_the_box():
+    """Each output is its box's pixels resized to the input size (bilinear, align_corners=False), away from the
+    box's border; a box covering the whole image returns the image."""
+    from clzoo.data.augment import random_resized_boxes
+
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 24, 32)
+    state = torch.get_rng_state()
+    boxes = random_resized_boxes(6, 24, 32, (0.2, 0.6))
+    torch.set_rng_state(state)
+    out = BatchTransform(resized_crop=[0.2, 0.6])(x)
+    assert out.shape == x.shape
+    for i, (left, top, right, bottom) in enumerate(boxes.int().tolist()):
+        ref = torch.nn.functional.interpolate(x[i:i + 1, :, top:bottom, left:right], size=(24, 32), mode="bilinear",
+                                              align_corners=False)[0]
+        my = -(-24 // (bottom - top)) + 1  # output rows within half a source pixel of the border
+        mx = -(-32 // (right - left)) + 1
+        assert torch.allclose(out[i, :, my:-my, mx:-mx], ref[:, my:-my, mx:-mx], atol=1e-5)
+    whole = BatchTransform(resized_crop=[1.0, 1.0])
+    square = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(whole(square), square, atol=1e-6)  # area 1 at ratio 1: the image itself
+    assert whole.augments and not whole.without_augmentation().augments
+    with pytest.raises(ValueError, match="resized_crop"):
+        BatchTransform(resized_crop=[0.5, 0.2])

@@ -103,6 +103,7 @@ NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("method", "loss"): "bce",      # icarl's loss (ce_kd: PyCIL's)
     ("method", "kd_temperature"): 2.0,
     ("stream", "augment", "brightness"): 0.0,
+    ("stream", "augment", "resized_crop"): None,  # the ViT-B/16 protocols' RandomResizedCrop (clzoo/data/augment.py)
 }
 
 

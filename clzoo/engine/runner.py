@@ -109,7 +109,8 @@ def eval_batches(x_all, y_all, batch_size: int, device):
 def transforms_from_config(augment: dict | None, device) -> tuple[BatchTransform, BatchTransform]:
     augment = augment or {}
     train = BatchTransform(augment.get("mean"), augment.get("std"), augment.get("crop_padding", 0),
-                           augment.get("hflip", False), augment.get("brightness", 0.0)).to(device)
+                           augment.get("hflip", False), augment.get("brightness", 0.0),
+                           augment.get("resized_crop")).to(device)
     return train, train.without_augmentation().to(device)
 
 
