@@ -49,7 +49,8 @@ def random_resized_boxes(n: int, h: int, w: int, scale: Sequence[float] = (0.08,
     return torch.stack([left, top, left + box_w, top + box_h], 1)
 
 
-def random_resized_crop(x: Tensor, scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Tensor:
+def random_resized_crop(x: Tensor, scale: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Tensor:
     """torchvision's ``RandomResizedCrop`` to the batch's own size, per sample and batched: boxes from
     :func:`random_resized_boxes`, resized back by bilinear interpolation with ``torchvision.ops.roi_align`` (one
     sample per output pixel, at its centre: a box is never larger than the output, so no antialiasing is lost). It

@@ -148,7 +148,8 @@ class SuiteResult:
         xs = [c.stat("memory_mb")[0] for c in pts]
         ys = [c.stat(f"{setting}:{metric}")[0] for c in pts]
         complete = len(pts) == len(self.auc_points(name, planned=True))
-        return (auc_trapezoid(xs, ys) if complete else None), (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
+        area = auc_trapezoid(xs, ys) if complete else None
+        return area, (min(xs) if xs else math.nan), (max(xs) if xs else math.nan)
 
 
 def collect(suite: Suite, runs_root: str | Path = DEFAULT_RUNS) -> SuiteResult:
