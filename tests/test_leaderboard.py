@@ -137,7 +137,8 @@ def test_shipped_suites_are_valid(suite):
         firsts.setdefault(cell.index, cell)
     for cell in firsts.values():
         cfg = compose_cell(s, cell, s.seeds[0])
-        assert cfg["_choices"]["method"] == cell.method and cfg["stream"]["name"] == s.stream
+        # the stream config chosen (an image-folder stream's run name is its folder's, e.g. imagenet-r)
+        assert cfg["_choices"]["method"] == cell.method and cfg["_choices"]["stream"] == s.stream
         validate(cfg, here=False)  # the checks a run makes first (method arguments and ranges among them)
         if cell.budget.kind == "samples":
             assert cfg["method"]["buffer"]["capacity"] == cell.budget.n
