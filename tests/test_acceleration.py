@@ -228,8 +228,11 @@ def test_buffer_counters_stay_on_the_host():
 
 # ------------------------------------------------------------------------------------------ CUDA
 @needs_cuda
+# the default host pass (its slots sent in a non-blocking copy) and the device pass
+@pytest.mark.parametrize("on_host", [None, False])
 @pytest.mark.parametrize("method", ["er", "der", "derpp"])
-def test_cuda_step_loop_does_not_synchronise(tmp_path, monkeypatch, method):
+def test_cuda_step_loop_does_not_synchronise(tmp_path, monkeypatch, method, on_host):
+    monkeypatch.setattr(ReplayBuffer, "_decide_on_host", on_host)
     counts = []
     original = runner.train_task_steps
 
@@ -250,6 +253,23 @@ def test_cuda_step_loop_does_not_synchronise(tmp_path, monkeypatch, method):
     steps, syncs = sum(c[0] for c in counts), sum(c[1] for c in counts)
     # the checks every CHECK_EVERY steps, and a few per task (the epoch-end check, moving the task's data)
     assert syncs <= steps // runner.CHECK_EVERY + 4 * len(counts), counts
+
+
+@needs_cuda
+def test_cuda_reservoir_stores_what_the_cpu_one_stores():
+    """The host pass draws on the CPU whatever the device: a buffer on the GPU, fed the same batches from the same
+    generator state, ends bit-identical to one on the CPU (filling, the Python pass, row and vectorised writes)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (b, 3), dtype=torch.uint8, generator=g), torch.randint(0, 10, (b,), generator=g),
+                torch.randn(b, 10, generator=g)) for b in [10] * 12 + [1, 2, 64]]
+    states = []
+    for device in ("cpu", "cuda"):
+        buf = ReplayBuffer(50, (3,), 10, store_logits=True).to(device)
+        torch.manual_seed(0)
+        for step, (x, y, logits) in enumerate(batches):
+            buf.add(x.to(device), y.to(device), step, logits=logits.to(device))
+        states.append({k: v.cpu() for k, v in buf.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 @needs_cuda

@@ -7,6 +7,12 @@ The stored samples, labels and logits live on the owner's device (``.to(device)`
 counters (samples seen, slots filled) stay on the host whatever the device, because they steer Python control flow
 on every step (how many slots to draw from, whether the buffer is still filling): reading them costs no
 host-device synchronisation on an accelerator.
+
+Reservoir decisions are made on the host by default, on every device: the draws come from the CPU's generator, a
+short Python pass places the batch, and on an accelerator the chosen slots reach the device in one non-blocking
+copy, so nothing is read back from it. The device pass (``_decide_on_host = False``: draws on the device, decided
+by tensor operations) reads nothing either but costs about 45 tensor operations a batch against 6 to 8; on a GPU,
+where each operation costs the host a launch, that was most of clzoo's per-step overhead (bench/README.md).
 """
 from __future__ import annotations
 
@@ -78,7 +84,8 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("n_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
 
-    #: reservoir decisions on the host (True), on the device (False) or by device (None: host on CPU); same result
+    #: reservoir decisions on the host (True, and None: the default) or on the device (False); on a CPU both give
+    #: the same result (the same draws); on an accelerator the device pass draws from the device's generator
     _decide_on_host: bool | None = None
 
     #: the counters kept on the host by :meth:`_apply` (see the module docstring)
@@ -136,8 +143,8 @@ class ReplayBuffer(nn.Module):
 
     # ------------------------------------------------------------------ writing
     def add(self, x: Tensor, y: Tensor, task: int | Tensor | None = 0, logits: Tensor | None = None) -> Tensor:
-        """Offer a batch to the buffer; returns the slot of each sample (-1 when not stored). ``task=None`` (a
-        task-free run, where the task is unknown) stores task id -1."""
+        """Offer a batch to the buffer; returns the slot of each sample (-1 when not stored; a host tensor in the
+        host pass). ``task=None`` (a task-free run, where the task is unknown) stores task id -1."""
         if task is None:
             task = -1
         if self.selection == "class_balanced":
@@ -184,16 +191,18 @@ class ReplayBuffer(nn.Module):
     def _add_reservoir(self, x, y, task, logits) -> Tensor:
         b, device, capacity = len(y), self.x.device, self.capacity
         seen = int(self.n_seen)
+        on_host = self._decide_on_host is not False
         # algorithm R: the i-th sample of the stream (i = seen, seen + 1, ...) goes to slot i while there is
         # room, else to a slot drawn uniformly from 0..i, kept only if that slot exists. The draws are made for
-        # every batch (also while filling), so the random stream does not depend on the buffer's state.
-        uniform = torch.rand(b, device=device)
+        # every batch (also while filling), so the random stream does not depend on the buffer's state; the host
+        # pass draws on the CPU, whose values it reads without waiting for any device.
+        uniform = torch.rand(b) if on_host else torch.rand(b, device=device)
         if seen + b <= capacity:  # still filling: sample i goes to slot seen + i
             self._write_range(seen, x, y, task, logits)
-            slots = torch.arange(seen, seen + b, device=device)
-        elif self._decide_on_host if self._decide_on_host is not None else device.type == "cpu":
-            # decided on the host (reading the draws costs nothing on a CPU, and for a small batch a short Python
-            # pass is cheaper than the dozen tensor operations of the device pass)
+            slots = torch.arange(seen, seen + b, device=uniform.device)
+        elif on_host:
+            # decided in a short Python pass (for a batch of tens of samples cheaper than the device pass's tensor
+            # operations, each a kernel launch on an accelerator)
             draws = reservoir_draws(uniform.tolist(), seen)
             slot_list = [seen + i if seen + i < capacity else (d if d < capacity else -1) for i, d in enumerate(draws)]
             # two samples of one batch taking the same slot: the later one wins, as in sequential insertion
@@ -201,10 +210,11 @@ class ReplayBuffer(nn.Module):
             if len(winner) <= self._ROW_WRITES:
                 self._write_rows(winner, x, y, task, logits)
             else:
-                self._write(torch.tensor(list(winner)), torch.tensor(list(winner.values())), x, y, task, logits)
+                placed = self._host_to_device(torch.tensor([list(winner), list(winner.values())]))
+                self._write(placed[0], placed[1], x, y, task, logits)
             slots = torch.tensor(slot_list, dtype=torch.long)
         else:
-            # on an accelerator, no Python loop and no read of the draws: a drawn slot is kept if it exists;
+            # the device pass: no Python loop and no read of the draws; a drawn slot is kept if it exists;
             # samples still filling the buffer (seen + i < capacity) take slot seen + i
             draws = (uniform * torch.arange(seen + 1, seen + b + 1, device=device)).long()
             slots = draws.masked_fill_(draws >= capacity, -1)
@@ -217,6 +227,17 @@ class ReplayBuffer(nn.Module):
         if seen < capacity:  # once full, the filled count stays at capacity
             self.n_filled.fill_(min(capacity, seen + b))
         return slots
+
+    def _host_to_device(self, index: Tensor) -> Tensor:
+        """A host index tensor on the buffer's device: on a GPU through pinned memory in a non-blocking copy, so the
+        host goes on without waiting for the device (the caching host allocator keeps the block until the copy has
+        run)."""
+        device = self.x.device
+        if device.type == "cpu":
+            return index
+        if device.type == "cuda":
+            index = index.pin_memory()
+        return index.to(device, non_blocking=True)
 
     def _write_kept(self, slots: Tensor, keep: Tensor, x, y, task, logits) -> None:
         """Write row ``i`` to slot ``slots[i]`` where ``keep[i]`` (kept slots are distinct), without reading
