@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clzoo.data import build_stream
 from clzoo.data.augment import BatchTransform
@@ -162,3 +163,34 @@ def test_er_joined_conversion_is_the_separate_one(normalise):
             method.observe(task.x_train[i:i + 10], task.y_train[i:i + 10], task.id)
         weights.append([p.detach().clone() for p in method.model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen operations run inside it (each a dispatch, most a kernel launch on an accelerator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reservoir_places_a_batch_in_few_tensor_operations():
+    """The host pass (the default on every device) against the device pass, once the buffer is full: on a GPU each
+    operation costs the host a launch, and the device pass's ~45 a batch were most of clzoo's per-step overhead
+    there (bench/README.md, "On a GPU"; bench/step_ops.py counts whole steps)."""
+    per_batch = {}
+    for on_host in (None, False):
+        buf = ReplayBuffer(50, (1, 28, 28), 10)
+        buf._decide_on_host = on_host
+        torch.manual_seed(0)
+        x, y = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (10,))
+        for _ in range(10):  # past the capacity: the reservoir decides from here on
+            buf.add(x, y, 0)
+        with CountOps() as ops:
+            for _ in range(20):
+                buf.add(x, y, 0)
+        per_batch[on_host] = ops.count / 20
+    assert per_batch[None] <= 16 and per_batch[False] >= 2.5 * per_batch[None], per_batch
