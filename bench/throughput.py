@@ -5,6 +5,7 @@
     python bench/throughput.py seeds --tasks 5  # seeds 0,1,2 of Seq-MNIST fine-tuning and ER: separate vs grouped
     python bench/throughput.py suite --rev 7341636             # the whole seq_mnist suite, -j 2, with the code of
     python bench/throughput.py suite --rev HEAD --batch-seeds  # a revision (before / after issue 18's work)
+    python bench/throughput.py checkpoint       # what a per-task checkpoint holds the run up: written / submitted
 
 Every case runs with one torch thread (as leaderboard runs do) and prints wall and CPU seconds; the machine these
 numbers come from is shared, so CPU seconds and the load average are printed too. Runs go to a temporary folder.
@@ -254,12 +255,51 @@ def suite(args) -> None:
             shutil.copytree(runs, args.keep, dirs_exist_ok=True)
 
 
+# ------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint(args) -> None:
+    """The time a per-task checkpoint keeps the training loop waiting: written in the loop (serialised, hashed,
+    fsynced) or submitted to the background writer (a host snapshot), for the Seq-MNIST MLP and the DER paper's
+    ResNet-18, each with a 500-sample uint8 buffer; minimum and median over ``--repeats`` tasks."""
+    import statistics
+
+    import torch
+
+    from clzoo.engine.checkpoint import BackgroundCheckpoints, save_checkpoint
+    from clzoo.memory.buffer import ReplayBuffer
+    from clzoo.models import MLP
+    from clzoo.models.backbones import reduced_resnet18
+
+    torch.set_num_threads(1)
+    nets = {"MLP 784-100-100-10": (MLP((1, 28, 28), [100, 100]), (1, 28, 28)),
+            "ResNet-18 (nf 64)": (reduced_resnet18((3, 32, 32), nf=64), (3, 32, 32))}
+    for name, (net, shape) in nets.items():
+        state = {"model": net.state_dict(), "buffer": ReplayBuffer(500, shape, 10).state_dict()}
+        mb = sum(t.numel() * t.element_size() for part in state.values() for t in part.values()) / 2**20
+        progress = {"R": [[0.5] * 5] * 5}
+        with tempfile.TemporaryDirectory() as tmp:
+            written, submitted = [], []
+            background = BackgroundCheckpoints()
+            for task in range(args.repeats):
+                with Timer() as t:
+                    save_checkpoint(Path(tmp) / "written", task, state, progress)
+                written.append(t.wall)
+                with Timer() as t:
+                    background.submit(Path(tmp) / "submitted", task, state, progress)
+                submitted.append(t.wall)
+                background.wait()  # the next task starts with the writer idle, as after a task's training
+            background.close()
+        print(f"{name} ({mb:.1f} MiB of state): written {min(written):.3f} s (median "
+              f"{statistics.median(written):.3f}), submitted {min(submitted):.3f} s (median "
+              f"{statistics.median(submitted):.3f}); load {load()}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("case", choices=["fixed", "workers", "seeds", "suite"])
+    ap.add_argument("case", choices=["fixed", "workers", "seeds", "suite", "checkpoint"])
     ap.add_argument("--cells", nargs="+", default=["finetune", "er-b500"], help="seq_mnist cells (seeds case)")
     ap.add_argument("--tasks", type=int, default=5, help="tasks trained per run (seeds case; default all 5)")
-    ap.add_argument("--repeats", type=int, default=3, help="separate / grouped passes in turn (seeds case)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="separate / grouped passes in turn (seeds case); tasks checkpointed (checkpoint case)")
     ap.add_argument("--rev", default="HEAD", help="the revision whose code runs the suite (suite case)")
     ap.add_argument("--batch-seeds", action="store_true", help="clzoo-leaderboard run --batch-seeds (suite case)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="runs in parallel (suite case; default 2)")
@@ -271,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="copy the suite's runs here (suite case)")
     args = ap.parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    {"fixed": fixed, "workers": workers, "seeds": seeds, "suite": suite}[args.case](args)
+    {"fixed": fixed, "workers": workers, "seeds": seeds, "suite": suite, "checkpoint": checkpoint}[args.case](args)
     return 0
 
 

@@ -12,6 +12,7 @@ import torch
 
 from clzoo.config import compose
 from clzoo.engine import run
+from clzoo.engine.checkpoint import BackgroundCheckpoints, checkpoint_path, checkpoints, load_checkpoint
 from clzoo.engine.runner import ResumeError
 from conftest import QUIET
 
@@ -113,3 +114,35 @@ def test_fresh_run_in_a_used_folder_drops_the_old_checkpoints(full_tiny, tmp_pat
     assert [p.name for p in (run_dir / "checkpoints").glob("task_*.pt")] == ["task_000.pt"]
     resumed = run(compose(TINY + ["seed=0", "resume=true"]), run_dir, show_progress=False)
     assert resumed["acc_matrix"] == full["acc_matrix"]  # continued the new run, not the old one
+
+
+def test_background_checkpoint_holds_the_state_when_submitted(tmp_path):
+    """The writer works on a snapshot: weights and progress changed after submit() (the next task training) are
+    not in the file; the files appear in task order and keep_last prunes as the synchronous write does."""
+    net = torch.nn.Linear(3, 2)
+    progress = {"R": [[0.5]]}
+    writer = BackgroundCheckpoints()
+    expected = []
+    for task in range(3):
+        expected.append(net.weight.detach().clone())
+        writer.submit(tmp_path, task, net.state_dict(), progress, keep_last=2)
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        progress["R"].append([0.6 + task])
+    writer.close()
+    assert [p.name for p in checkpoints(tmp_path)] == ["task_001.pt", "task_002.pt"]
+    for task in (1, 2):
+        ckpt = load_checkpoint(checkpoint_path(tmp_path, task))
+        assert torch.equal(ckpt["method"]["weight"], expected[task])
+        assert ckpt["progress"]["R"] == [[0.5]] + [[0.6 + t] for t in range(task)]
+        assert hasattr(ckpt["method"], "_metadata")  # the state dict's version information is kept
+
+
+def test_background_checkpoint_failure_surfaces(tmp_path):
+    occupied = tmp_path / "run"
+    occupied.write_text("a file where the run folder should be")
+    writer = BackgroundCheckpoints()
+    writer.submit(occupied, 0, {"w": torch.zeros(2)}, {})
+    with pytest.raises(OSError):
+        writer.close()
+

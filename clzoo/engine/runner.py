@@ -25,8 +25,8 @@ from ..models.pretrained import check_input_pipeline, check_source_overlap
 from . import metrics as M
 from . import online
 from .acceleration import Acceleration, eval_batch_size
-from .checkpoint import (UNHASHED_KEYS, atomic_write_text, config_hash, ensure_writable, load_latest_intact,
-                         remove_temporary_files, save_checkpoint, seed_everything, set_aside, set_rng_state)
+from .checkpoint import (UNHASHED_KEYS, BackgroundCheckpoints, atomic_write_text, config_hash, ensure_writable,
+                         load_latest_intact, remove_temporary_files, seed_everything, set_aside, set_rng_state)
 from .lock import run_dir_lock
 from .validation import final_validation_accuracy, hold_out_validation, validation_accuracy
 from .reporting import ProgressLines, summary, trained_metrics, write_metrics_csv, write_plots
@@ -441,6 +441,7 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
     # torch.optim imports torch._dynamo on first use (seconds): pay it here, not inside task 0's timed training
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     method.train()
+    checkpoint_writer = BackgroundCheckpoints()
     try:
         stop = trainer.get("max_tasks") or stream.n_tasks
         for task in stream.tasks[start:stop]:
@@ -488,15 +489,18 @@ def run_steps(cfg: dict, run_dir: Path, show_progress: bool | None, observer=Non
                   f"{100 * sum(acc_til[:task.id + 1]) / (task.id + 1):.2f}% task-IL, "
                   f"{train_time:.1f}s, memory {ledger.total_bytes:,} B", flush=True)
             online.save_optimizer(method, progress, task_free)
-            save_checkpoint(run_dir, task.id, method.state_dict(), progress,
-                            keep_last=int(log_cfg.get("keep_checkpoints") or 0))
+            checkpoint_writer.submit(run_dir, task.id, method.state_dict(), progress,
+                                     keep_last=int(log_cfg.get("keep_checkpoints") or 0))
             if observer is not None:
                 observer(method, task.id)
             write_metrics_csv(run_dir / "metrics.csv", progress["R"], progress["R_til"], progress["per_task_s"],
                               [lg["total_bytes"] for lg in progress["ledgers"]])
     finally:
-        if writer is not None:
-            writer.close()
+        try:
+            checkpoint_writer.close()  # every checkpoint submitted is on disk before the run goes on or stops
+        finally:
+            if writer is not None:
+                writer.close()
 
     if not progress["R"]:
         raise ResumeError(f"{run_dir}: nothing left to train (all {stream.n_tasks} tasks are done)")
