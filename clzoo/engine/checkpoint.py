@@ -288,7 +288,7 @@ def host_snapshot(obj):
 class BackgroundCheckpoints:
     """Per-task checkpoints written on a worker thread while the next task trains.
 
-    Serialising, hashing and fsyncing a checkpoint costs about 0.2 s for a ResNet-18 on a small CPU, each task:
+    Serialising, hashing and fsyncing a checkpoint costs 0.1 to 0.25 s for a ResNet-18 on a small CPU, each task:
     on a GPU, where a task of a short run trains in a second, that was most of a run's overhead over a bare loop
     (bench/README.md, "On a GPU"). :meth:`submit` takes a host snapshot of the state (tensors copied, the random
     states read) at the moment the task ends, so the file holds what a synchronous write would have; the files

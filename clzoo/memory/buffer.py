@@ -11,8 +11,9 @@ host-device synchronisation on an accelerator.
 Reservoir decisions are made on the host by default, on every device: the draws come from the CPU's generator, a
 short Python pass places the batch, and on an accelerator the chosen slots reach the device in one non-blocking
 copy, so nothing is read back from it. The device pass (``_decide_on_host = False``: draws on the device, decided
-by tensor operations) reads nothing either but costs about 45 tensor operations a batch against 6 to 8; on a GPU,
-where each operation costs the host a launch, that was most of clzoo's per-step overhead (bench/README.md).
+by tensor operations) reads nothing either but costs about 45 tensor operations a batch against about 14, six of
+them kernels; on a GPU, where each operation costs the host a dispatch and most a launch, that was most of
+clzoo's per-step overhead (bench/README.md, "On a GPU").
 """
 from __future__ import annotations
 
