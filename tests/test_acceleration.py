@@ -229,7 +229,7 @@ def test_buffer_counters_stay_on_the_host():
 # ------------------------------------------------------------------------------------------ CUDA
 @needs_cuda
 # the default host pass (its slots sent in a non-blocking copy) and the device pass
-@pytest.mark.parametrize("on_host", [None, False])
+@pytest.mark.parametrize("on_host", [True, False])
 @pytest.mark.parametrize("method", ["er", "der", "derpp"])
 def test_cuda_step_loop_does_not_synchronise(tmp_path, monkeypatch, method, on_host):
     monkeypatch.setattr(ReplayBuffer, "_decide_on_host", on_host)

@@ -145,4 +145,3 @@ def test_background_checkpoint_failure_surfaces(tmp_path):
     writer.submit(occupied, 0, {"w": torch.zeros(2)}, {})
     with pytest.raises(OSError):
         writer.close()
-

@@ -85,9 +85,9 @@ class ReplayBuffer(nn.Module):
         self.register_buffer("n_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("n_filled", torch.zeros((), dtype=torch.int64))
 
-    #: reservoir decisions on the host (True, and None: the default) or on the device (False); on a CPU both give
-    #: the same result (the same draws); on an accelerator the device pass draws from the device's generator
-    _decide_on_host: bool | None = None
+    #: reservoir decisions on the host (True, the default) or on the device (False); on a CPU both give the same
+    #: result (the same draws); on an accelerator the device pass draws from the device's generator
+    _decide_on_host: bool = True
 
     #: the counters kept on the host by :meth:`_apply` (see the module docstring)
     HOST_COUNTERS = ("n_seen", "n_filled")
@@ -192,7 +192,7 @@ class ReplayBuffer(nn.Module):
     def _add_reservoir(self, x, y, task, logits) -> Tensor:
         b, device, capacity = len(y), self.x.device, self.capacity
         seen = int(self.n_seen)
-        on_host = self._decide_on_host is not False
+        on_host = self._decide_on_host
         # algorithm R: the i-th sample of the stream (i = seen, seen + 1, ...) goes to slot i while there is
         # room, else to a slot drawn uniformly from 0..i, kept only if that slot exists. The draws are made for
         # every batch (also while filling), so the random stream does not depend on the buffer's state; the host
