@@ -816,14 +816,14 @@ def environment(sources: dict, started: float, device: str = "cpu") -> dict:
         pass
     load = ""
     if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} at the end"
+        load = f", load average {os.getloadavg()[0]:.1f} at the end (the benchmark itself is about 1)"
     gpu = {}
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
         gpu = {"device": f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
                          f"cuDNN {torch.backends.cudnn.version()}"}
     return {**gpu, "when": time.strftime("%Y-%m-%d %H:%M"), "elapsed": time.perf_counter() - started,
-            "machine": f"{cpu}, {os.cpu_count()} logical CPUs shared with other jobs{load}, {platform.system()}",
+            "machine": f"{cpu}, {os.cpu_count()} logical CPUs{load}, {platform.system()}",
             "software": f"python {platform.python_version()}, torch {torch.__version__}, "
                         f"avalanche-lib {avalanche.__version__}",
             "data": "; ".join(f"{k}: {v.name} ({len(v.y_train)} train / {len(v.y_test)} test images, "

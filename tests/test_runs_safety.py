@@ -214,6 +214,30 @@ def test_a_plugin_loop_without_the_helper_is_caught_after_end_task(tmp_path, mon
         run(compose(TINY + ["method=finetune"]), tmp_path / "run", show_progress=False)
 
 
+def test_the_parameter_check_reads_the_device_once_and_names_the_bad_parameter():
+    from torch.overrides import TorchFunctionMode
+
+    from clzoo.methods.base import check_parameters_finite
+
+    class HostReads(TorchFunctionMode):  # counts tensor-to-Python reads (each one a synchronisation on a GPU)
+        reads = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in (torch.Tensor.__bool__, torch.Tensor.item):
+                HostReads.reads += 1
+            return func(*args, **(kwargs or {}))
+
+    net = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(6)))
+    net.register_buffer("steps", torch.zeros((), dtype=torch.long))
+    with HostReads():
+        check_parameters_finite(net, 3, "after end_task")
+    assert HostReads.reads == 1  # 12 parameter tensors, one read
+    with torch.no_grad():
+        net[4].bias[2] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"^parameter 4\.bias became NaN or infinite at task 3, after end_task;"):
+        check_parameters_finite(net, 3, "after end_task")
+
+
 # ------------------------------------------------------------------------------------------------- budget
 def test_unenforced_budget_records_the_violation_before_training(tmp_path):
     cfg = compose(TINY + ["method=er", "method.buffer.capacity=500", "budget.mb=0.01", "budget.enforce=false",
