@@ -459,7 +459,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
                      f"(mean over seeds)", fontsize=11)
         fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 0.95))
         paths.append(out_dir / f"{name}_acc_per_task_{s}.png")
-        fig.savefig(paths[-1], dpi=100)
+        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")  # titles and legends never clipped
         plt.close(fig)
 
     budgeted = [c for c in done if c.cell.budget.kind != "none"]
@@ -523,7 +523,7 @@ def plot_suite(sr: SuiteResult, out_dir: Path) -> list[Path]:
         rows = math.ceil(len(handles) / ncol) + 1  # + the legend's title
         fig.subplots_adjust(left=0.85 / fig.get_figwidth(), right=0.985, top=0.9, bottom=min(0.45, 0.1 + 0.038 * rows))
         paths.append(out_dir / f"{name}_acc_vs_memory.png")
-        fig.savefig(paths[-1], dpi=100)
+        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")  # titles and legends never clipped
         plt.close(fig)
     if sr.suite.memory_axis == "counted":
         stacked = plot_memory_stack(sr, out_dir)
@@ -558,7 +558,7 @@ def plot_memory_stack(sr: SuiteResult, out_dir: Path) -> Path | None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     path = out_dir / f"{sr.suite.name}_memory_stack.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
