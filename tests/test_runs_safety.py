@@ -228,7 +228,6 @@ def test_the_parameter_check_reads_the_device_once_and_names_the_bad_parameter()
             return func(*args, **(kwargs or {}))
 
     net = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(6)))
-    net.register_buffer("steps", torch.zeros((), dtype=torch.long))
     with HostReads():
         check_parameters_finite(net, 3, "after end_task")
     assert HostReads.reads == 1  # 12 parameter tensors, one read
